@@ -1,0 +1,66 @@
+"""Helpers shared by reidkern's tests and benchmarks: tolerances, backends, opcheck, data paths."""
+import os
+from pathlib import Path
+
+import torch
+
+from reidkern._library import native_available, native_with_cuda
+from reidkern.ops._backend import triton_available, triton_interpret
+
+# (rtol, atol) for comparing a result computed in `dtype` against the float64 reference.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (1e-2, 1e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
+
+
+def assert_close(actual, expected, dtype=None, rtol=None, atol=None, msg=""):
+    """Compares ``actual`` to a float64 ``expected`` with the tolerance of ``dtype`` (default:
+    actual's dtype); NaNs must match in position."""
+    actual = torch.as_tensor(actual)
+    expected = torch.as_tensor(expected)
+    dtype = dtype or (actual.dtype if actual.dtype.is_floating_point else torch.float64)
+    r, a = TOLERANCES.get(dtype, (1e-5, 1e-6))
+    torch.testing.assert_close(actual.detach().cpu().double(), expected.detach().cpu().double(),
+                               rtol=rtol if rtol is not None else r,
+                               atol=atol if atol is not None else a, equal_nan=True, msg=msg or None)
+
+
+def backends_for(device="cpu", supported=("cpp", "cuda", "triton", "reference")):
+    """The backends of an op that can run on ``device`` in this installation."""
+    dev = torch.device(device)
+    out = []
+    if dev.type == "cpu" and native_available() and "cpp" in supported:
+        out.append("cpp")
+    if dev.type == "cuda" and native_with_cuda() and "cuda" in supported:
+        out.append("cuda")
+    if "triton" in supported and triton_available() and (dev.type == "cuda" or triton_interpret()):
+        out.append("triton")
+    if "reference" in supported:
+        out.append("reference")
+    return out
+
+
+def devices():
+    """Devices to test on: CPU, plus CUDA when present."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def opcheck(op, args, kwargs=None, **kw):
+    """``torch.library.opcheck`` on a reidkern op (schema, fake kernel, autograd registration)."""
+    return torch.library.opcheck(op, args, kwargs or {}, **kw)
+
+
+def reid_mini_dir():
+    """Path of the reid-mini real-data folder (env REIDKERN_DATA, else ../shared/data/reid-mini
+    beside the repository), or None when absent."""
+    env = os.environ.get("REIDKERN_DATA")
+    candidates = [Path(env)] if env else []
+    repo = Path(__file__).resolve().parent.parent
+    candidates += [repo.parent / "shared" / "data" / "reid-mini", Path.cwd().parent / "shared" / "data" / "reid-mini"]
+    for c in candidates:
+        if (c / "README.md").exists() or (c / "osnet_x0_25_msmt17.onnx").exists():
+            return c
+    return None
