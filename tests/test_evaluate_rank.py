@@ -215,3 +215,23 @@ def test_build_info():
     assert "reference" in info["backends"]
     if info["native"]:
         assert info["torch_built"] and "cpp" in info["backends"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_ids", [2, 40])  # many positives (binary-search path) and few
+def test_ties_with_many_and_few_positives(backend, num_ids):
+    case = make_case(9, 257, num_ids=num_ids, num_cams=3, seed=num_ids)
+    for trapezoid in (False, True):
+        check_per_query(evaluate_rank_per_query(*case, trapezoid=trapezoid, backend=backend),
+                        evaluate_rank_reference(*case, trapezoid=trapezoid))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_distance_raises_on_every_backend(backend):
+    distmat, qp, gp, qc, gc = make_case(6, 30, 4, 2, seed=8)
+    distmat[4, 17] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        evaluate_rank_per_query(distmat, qp, gp, qc, gc, backend=backend)
+    distmat[4, 17] = float("-inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        evaluate_rank_per_query(distmat, qp, gp, qc, gc, backend=backend)

@@ -3,7 +3,8 @@
 // and, for each, the block counts the valid gallery entries ranked ahead of it (distance, then
 // index: the stable-sort order) and the positives among them. With r = entries ahead and k =
 // positives ahead, that positive adds (k+1)/(r+1) to AP; the first hit is min r, INP = P/(max r+1).
-// Cost per query: O(P * G / threads) time, O(threads) shared memory.
+// Cost per query: O(P * G / threads) time, O(threads) shared memory. Non-finite distances are
+// flagged with first_hit = -2.
 #include "common.h"
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
@@ -29,12 +30,14 @@ __global__ void evaluate_rank_kernel(const scalar_t* __restrict__ dist, int64_t 
   __shared__ unsigned long long s_ahead[kThreads];      // valid entries ahead of each positive
   __shared__ unsigned long long s_pos_ahead[kThreads];  // positives ahead of each positive
   __shared__ int s_count;
+  __shared__ int s_nonfinite;
 
   const int64_t i = blockIdx.x;
   const int tid = threadIdx.x;
   const scalar_t* row = dist + i * s0;
   const int64_t qp = q_pids[i], qc = q_camids[i];
 
+  if (tid == 0) s_nonfinite = 0;
   double ap = 0.0;  // thread 0 accumulates
   int64_t num_pos = 0, first = -1, last = -1;
 
@@ -42,6 +45,7 @@ __global__ void evaluate_rank_kernel(const scalar_t* __restrict__ dist, int64_t 
     if (tid == 0) s_count = 0;
     __syncthreads();
     const int64_t j = base + tid;
+    if (j < num_g && !isfinite(static_cast<double>(row[j * s1]))) s_nonfinite = 1;
     if (j < num_g && g_pids[j] == qp && g_camids[j] != qc) {
       const int slot = atomicAdd(&s_count, 1);
       s_dist[slot] = row[j * s1];
@@ -87,8 +91,9 @@ __global__ void evaluate_rank_kernel(const scalar_t* __restrict__ dist, int64_t 
     }
     __syncthreads();
   }
+  __syncthreads();
   if (tid == 0) {
-    first_hit[i] = num_pos > 0 ? first : -1;
+    first_hit[i] = s_nonfinite ? -2 : (num_pos > 0 ? first : -1);
     ap_out[i] = num_pos > 0 ? ap / double(num_pos) : 0.0;
     inp_out[i] = num_pos > 0 ? double(num_pos) / double(last + 1) : 0.0;
   }

@@ -182,9 +182,12 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
     for s in starts:
         e = min(s + rows, num_q)
         dist = pairwise_distance(qf[s:e], gf, metric)
-        if not bool(torch.isfinite(dist).all()):
-            raise ValueError("distances overflowed to inf: rescale qf/gf or use float64")
-        outs.append(evaluate_rank_per_query(dist, q_pids[s:e], g_pids, q_camids[s:e], g_camids,
-                                            trapezoid, backend=backend, validate=False))
+        try:
+            outs.append(evaluate_rank_per_query(dist, q_pids[s:e], g_pids, q_camids[s:e],
+                                                g_camids, trapezoid, backend=backend,
+                                                validate=False))
+        except ValueError as exc:  # finite features whose distances overflow (float16 range etc.)
+            raise ValueError("qf/gf distances overflowed to inf: rescale the features or use "
+                             "float64") from exc
     first_hit, all_ap, all_inp = (torch.cat([o[k] for o in outs]) for k in range(3))
     return _summarise(first_hit, all_ap, all_inp, max_rank)

@@ -29,7 +29,6 @@ def validate_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids):
         raise ValueError("distmat has no query rows (empty query set)")
     if num_g == 0:
         raise ValueError("distmat has no gallery columns (empty gallery)")
-    V.check_finite(distmat, "distmat")
     dev = distmat.device
     q_pids = V.check_ids(q_pids, num_q, "q_pids", "num_query", dev)
     g_pids = V.check_ids(g_pids, num_g, "g_pids", "num_gallery", dev)
@@ -56,7 +55,8 @@ def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, trapezo
     Returns:
         ``(first_hit, all_AP, all_INP)``, each [Q] on distmat's device: first_hit int64 is the
         0-based rank of the first true match (-1 when the query has no positive left), all_AP and
-        all_INP float64 (0 where first_hit is -1).
+        all_INP float64 (0 where first_hit is -1). The kernels check finiteness in their own pass
+        over the row (first_hit -2 internally), so no extra pass over distmat is made.
 
     Raises:
         ValueError: wrong shapes or lengths, empty query or gallery, NaN or inf distances.
@@ -67,10 +67,14 @@ def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, trapezo
             distmat, q_pids, g_pids, q_camids, g_camids)
     choice = resolve_backend("evaluate_rank", distmat.device, backend)
     if choice in ("cpp", "cuda"):
-        return torch.ops.reidkern.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
-                                                bool(trapezoid))
-    if choice == "triton":
+        out = torch.ops.reidkern.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
+                                               bool(trapezoid))
+    elif choice == "triton":
         from reidkern.triton.evaluate_rank import evaluate_rank_triton
-        return evaluate_rank_triton(distmat, q_pids, g_pids, q_camids, g_camids, trapezoid)
-    out = evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, trapezoid)
-    return tuple(t.to(distmat.device) for t in out)
+        out = evaluate_rank_triton(distmat, q_pids, g_pids, q_camids, g_camids, trapezoid)
+    else:
+        out = evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, trapezoid)
+        out = tuple(t.to(distmat.device) for t in out)
+    if bool((out[0] == -2).any()):
+        raise ValueError("distmat contains NaN or inf")
+    return out

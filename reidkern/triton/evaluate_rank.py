@@ -4,6 +4,7 @@ The program walks the gallery in tiles; a tile holding positives is compared, as
 [BLOCK_A, BLOCK_B] block, against every gallery tile to count, for each positive, the valid
 entries ranked ahead of it (distance, then index: the stable-sort order) and the positives among
 them. Tiles without positives are skipped, so the cost is O(tiles with positives x G) per query.
+Non-finite distances are flagged with first_hit = -2.
 """
 import torch
 import triton
@@ -24,6 +25,7 @@ def _evaluate_rank_kernel(
     num_pos = tl.zeros((), dtype=tl.int64)
     first = tl.full((), 2**62, dtype=tl.int64)
     last = tl.full((), -1, dtype=tl.int64)
+    nonfinite = tl.zeros((), dtype=tl.int32)
     for base_a in range(0, num_g, BLOCK_A):
         offs_a = base_a + tl.arange(0, BLOCK_A).to(tl.int64)
         in_a = offs_a < num_g
@@ -31,8 +33,9 @@ def _evaluate_rank_kernel(
         cam_a = tl.load(g_camids_ptr + offs_a, mask=in_a, other=-1)
         pos_a = in_a & (pid_a == qp) & (cam_a != qc)
         m = tl.sum(pos_a.to(tl.int32), axis=0)
+        d_a = tl.load(row + offs_a * s1, mask=in_a, other=0.0)
+        nonfinite += tl.sum((in_a & ~(tl.abs(d_a) < float("inf"))).to(tl.int32), axis=0)
         if m > 0:
-            d_a = tl.load(row + offs_a * s1, mask=pos_a, other=0.0)
             ahead = tl.zeros((BLOCK_A,), dtype=tl.int64)
             pos_ahead = tl.zeros((BLOCK_A,), dtype=tl.int64)
             for base_b in range(0, num_g, BLOCK_B):
@@ -60,7 +63,7 @@ def _evaluate_rank_kernel(
             first = tl.minimum(first, tl.min(tl.where(pos_a, ahead, 2**62), axis=0))
             last = tl.maximum(last, tl.max(tl.where(pos_a, ahead, -1), axis=0))
     has = num_pos > 0
-    tl.store(first_hit_ptr + i, tl.where(has, first, -1))
+    tl.store(first_hit_ptr + i, tl.where(nonfinite > 0, -2, tl.where(has, first, -1)))
     tl.store(ap_ptr + i, tl.where(has, ap / tl.maximum(num_pos, 1).to(tl.float64), 0.0))
     tl.store(inp_ptr + i, tl.where(has, num_pos.to(tl.float64) / tl.maximum(last + 1, 1).to(tl.float64), 0.0))
 

@@ -23,7 +23,8 @@ def evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, trapezo
 
     Returns:
         (first_hit [Q] int64, -1 for queries without positives; all_AP [Q] float64; all_INP [Q]
-        float64), on the CPU; AP and INP are 0 where first_hit is -1.
+        float64), on the CPU; AP and INP are 0 where first_hit is -1; first_hit is -2 for rows
+        holding NaN or inf (as the kernels flag them).
     """
     dist = _np(distmat, np.float64)
     q_pids, g_pids = _np(q_pids, np.int64), _np(g_pids, np.int64)
@@ -34,7 +35,11 @@ def evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, trapezo
     first_hit = np.full(num_q, -1, dtype=np.int64)
     all_ap = np.zeros(num_q, dtype=np.float64)
     all_inp = np.zeros(num_q, dtype=np.float64)
+    finite = np.isfinite(dist).all(axis=1)
     for i in range(num_q):
+        if not finite[i]:
+            first_hit[i] = -2
+            continue
         order = indices[i]
         remove = (g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])
         raw_cmc = matches[i][~remove]
