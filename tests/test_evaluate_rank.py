@@ -1,4 +1,5 @@
 """evaluate_rank / evaluate_features against the float64 torchreid-algorithm reference."""
+import os
 import warnings
 
 import pytest
@@ -211,6 +212,8 @@ def test_opcheck():
 
 def test_build_info():
     info = reidkern.build_info()
+    if os.environ.get("REIDKERN_REQUIRE_NATIVE") == "1":  # set by `run.sh test`: no silent fallback
+        assert info["native"], info["native_error"]
     assert info["torch_runtime"] == torch.__version__
     assert "reference" in info["backends"]
     if info["native"]:
@@ -235,3 +238,21 @@ def test_non_finite_distance_raises_on_every_backend(backend):
     distmat[4, 17] = float("-inf")
     with pytest.raises(ValueError, match="NaN or inf"):
         evaluate_rank_per_query(distmat, qp, gp, qc, gc, backend=backend)
+
+
+CUDA_BACKENDS = backends_for("cuda") if torch.cuda.is_available() else []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("trapezoid", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1), (13, 37), (29, 300), (64, 5000)])
+def test_cuda_matches_reference(backend, trapezoid, shape):
+    case = make_case(*shape, num_ids=7, num_cams=3, seed=shape[1])
+    out = evaluate_rank_per_query(*(t.cuda() for t in case), trapezoid=trapezoid, backend=backend)
+    assert out[0].is_cuda
+    check_per_query(out, evaluate_rank_reference(*case, trapezoid=trapezoid))
+    strided = case[0].t().contiguous().t().cuda()
+    out = evaluate_rank_per_query(strided, *(t.cuda() for t in case[1:]), trapezoid=trapezoid,
+                                  backend=backend)
+    check_per_query(out, evaluate_rank_reference(*case, trapezoid=trapezoid))

@@ -1,0 +1,3 @@
+from reidkern.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Command line: ``reidkern info | eval | demo | bench``.
+
+* ``reidkern eval --query q.npz --gallery g.npz`` — rank-1/5/10, mAP, mINP and the time taken; each
+  npz holds ``feats`` [N, D], ``pids`` [N] and ``camids`` [N].
+* ``reidkern demo [--data DIR]`` — embeds the real crops of reid-mini with the OSNet ReID model and
+  evaluates them (synthetic features when no data folder is found).
+* ``reidkern bench [--smoke] [--out DIR] [-k EXPR]`` — runs the benchmark suite of a source
+  checkout (pytest-benchmark) and prints the ratio table (benchmarks/report.py).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _load_npz(path, arg):
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"reidkern eval: {arg} file {path} does not exist")
+    with np.load(path) as data:
+        missing = [k for k in ("feats", "pids", "camids") if k not in data.files]
+        if missing:
+            raise SystemExit(f"reidkern eval: {arg} file {path} lacks {missing} "
+                             f"(it has {data.files}; expected feats, pids, camids)")
+        return data["feats"], data["pids"], data["camids"]
+
+
+def cmd_eval(args):
+    import torch
+
+    from reidkern.metrics import evaluate_features, evaluate_rank
+
+    qf, q_pids, q_camids = _load_npz(args.query, "--query")
+    gf, g_pids, g_camids = _load_npz(args.gallery, "--gallery")
+    qf, gf = torch.from_numpy(np.ascontiguousarray(qf)), torch.from_numpy(np.ascontiguousarray(gf))
+    t0 = time.perf_counter()
+    try:
+        if args.rerank:
+            from reidkern.rerank import k_reciprocal
+            distmat = k_reciprocal(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
+            result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
+                                   max_rank=args.max_rank, trapezoid=args.trapezoid,
+                                   backend=args.backend)
+        else:
+            result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids,
+                                       metric=args.metric, max_rank=args.max_rank,
+                                       trapezoid=args.trapezoid, backend=args.backend)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"reidkern eval: {exc}")
+    elapsed = time.perf_counter() - t0
+    print(f"query {len(qf)} x gallery {len(gf)}, dim {qf.shape[1]}, metric "
+          f"{'k-reciprocal re-ranking' if args.rerank else args.metric}")
+    for k in (1, 5, 10):
+        if k <= len(result.cmc):
+            print(f"Rank-{k:<3} {100 * result.rank(k):6.2f}%")
+    print(f"mAP     {100 * result.mAP:6.2f}%")
+    print(f"mINP    {100 * result.mINP:6.2f}%")
+    print(f"valid queries {result.num_valid_queries}, skipped {result.num_skipped_queries}")
+    print(f"time    {elapsed:.3f} s")
+    return 0
+
+
+def cmd_demo(args):
+    from reidkern import demo
+    from reidkern.testing import reid_mini_dir
+
+    data = args.data or reid_mini_dir()
+    if data is None:
+        print("reid-mini data not found (pass --data DIR): using synthetic features")
+    demo.run(data, metric=args.metric)
+    return 0
+
+
+def _repo_root():
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / "benchmarks" / "report.py").exists():
+            return base
+    raise SystemExit("reidkern bench: run it from a reidkern source checkout (benchmarks/ not found)")
+
+
+def cmd_bench(args):
+    root = _repo_root()
+    out = Path(args.out or root / "benchmarks" / "results" / "local")
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if args.smoke:
+        env["REIDKERN_BENCH_SMOKE"] = "1"
+    json_path = out / "benchmarks.json"
+    cmd = [sys.executable, "-m", "pytest", str(root / "benchmarks"), "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
+           f"--benchmark-min-rounds={args.min_rounds}"]
+    if args.smoke:
+        cmd.append("--benchmark-disable")
+    if args.k:
+        cmd += ["-k", args.k]
+    print("running:", " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd, cwd=root, env=env)
+    if rc not in (0, 5):
+        return rc
+    if args.smoke:
+        print("smoke mode: each benchmark ran once, untimed; no table")
+        return 0
+    return subprocess.call([sys.executable, str(root / "benchmarks" / "report.py"), str(json_path),
+                            "--out", str(out)], cwd=root)
+
+
+def cmd_info(_args):
+    import reidkern
+
+    print(json.dumps(reidkern.build_info(), indent=2))
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="reidkern", description="reidkern: fast, exact ReID kernels")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("info", help="what was compiled (backends, CUDA archs, torch)").set_defaults(fn=cmd_info)
+
+    e = sub.add_parser("eval", help="CMC/mAP/mINP of query and gallery features (npz)")
+    e.add_argument("--query", required=True, help="npz with feats [Q,D], pids [Q], camids [Q]")
+    e.add_argument("--gallery", required=True, help="npz with feats [G,D], pids [G], camids [G]")
+    e.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
+    e.add_argument("--max-rank", type=int, default=50)
+    e.add_argument("--trapezoid", action="store_true", help="Market-1501 MATLAB (trapezoid) AP")
+    e.add_argument("--backend", choices=("cpp", "cuda", "triton", "reference"), default=None)
+    e.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking first")
+    e.add_argument("--k1", type=int, default=20)
+    e.add_argument("--k2", type=int, default=6)
+    e.add_argument("--lambda-value", type=float, default=0.3)
+    e.set_defaults(fn=cmd_eval)
+
+    d = sub.add_parser("demo", help="real crops -> OSNet -> evaluation (reid-mini)")
+    d.add_argument("--data", default=None, help="reid-mini folder (default: ../shared/data/reid-mini)")
+    d.add_argument("--metric", choices=("euclidean", "cosine"), default="cosine")
+    d.set_defaults(fn=cmd_demo)
+
+    b = sub.add_parser("bench", help="run the benchmark suite and print the ratio table")
+    b.add_argument("--smoke", action="store_true", help="tiny sizes, one untimed call each")
+    b.add_argument("--out", default=None, help="results folder (default benchmarks/results/local)")
+    b.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
+    b.add_argument("--min-rounds", type=int, default=3)
+    b.set_defaults(fn=cmd_bench)
+
+    args = ap.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
