@@ -19,7 +19,7 @@ setup() {
     matplotlib scipy scikit-learn onnx onnxruntime "triton==3.9.0" pillow
   # Build requirements are fetched into pip's isolated build env; torch comes from this env.
   python -m pip install -q .
-  python -c "import reidkern, json; print(json.dumps(reidkern.build_info()))"
+  python -P -c "import reidkern, json; print(json.dumps(reidkern.build_info()))"
 }
 
 case "${1:-}" in
