@@ -1,5 +1,4 @@
 """Helpers shared by reidkern's tests and benchmarks: tolerances, backends, opcheck, data paths."""
-import os
 from pathlib import Path
 
 import torch
@@ -54,13 +53,8 @@ def opcheck(op, args, kwargs=None, **kw):
 
 
 def reid_mini_dir():
-    """Path of the reid-mini real-data folder (env REIDKERN_DATA, else ../shared/data/reid-mini
-    beside the repository), or None when absent."""
-    env = os.environ.get("REIDKERN_DATA")
-    candidates = [Path(env)] if env else []
-    repo = Path(__file__).resolve().parent.parent
-    candidates += [repo.parent / "shared" / "data" / "reid-mini", Path.cwd().parent / "shared" / "data" / "reid-mini"]
-    for c in candidates:
-        if (c / "README.md").exists() or (c / "osnet_x0_25_msmt17.onnx").exists():
-            return c
-    return None
+    """Path of the reid-mini real-data folder, or None when absent (see reidkern.data.paths)."""
+    from reidkern.data.paths import reid_mini_dir as find
+
+    path = find()
+    return None if path is None else Path(path)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from reidkern import demo
+from reidkern.data.market1501 import parse_market_name
 from reidkern.metrics import evaluate_features, evaluate_rank, pairwise_distance
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
 from reidkern.testing import backends_for
@@ -12,13 +13,15 @@ from reidkern.testing import backends_for
 @pytest.fixture(scope="module")
 def real_features(reid_mini):
     pytest.importorskip("onnxruntime")
-    crops = sorted((reid_mini / "mot17-crops").glob("*.jpg"))[:160]
-    feats = torch.from_numpy(demo.embed_onnx(reid_mini / "osnet_x0_25_msmt17.onnx",
-                                             [str(p) for p in crops]))
-    q_idx, g_idx, pids, camids = demo.mot17_split(crops)
-    return (feats[q_idx], feats[g_idx], torch.from_numpy(pids[q_idx]),
-            torch.from_numpy(pids[g_idx]), torch.from_numpy(camids[q_idx]),
-            torch.from_numpy(camids[g_idx]))
+    from reidkern.models.demo import query_gallery_split
+
+    crops = sorted(str(p) for p in (reid_mini / "mot17-crops").glob("*.jpg"))[:160]
+    feats = torch.from_numpy(demo.embed_onnx(reid_mini / "osnet_x0_25_msmt17.onnx", crops))
+    names = [parse_market_name(p) for p in crops]
+    pids = torch.tensor([n.pid for n in names])
+    frames = torch.tensor([n.frame for n in names])  # camera id = frame (reid-mini README)
+    q, g = query_gallery_split(pids, frames)
+    return feats[q], feats[g], pids[q], pids[g], frames[q], frames[g]
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -38,13 +41,6 @@ def test_real_features_match_reference(real_features, metric, backend):
     rf = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, max_rank=10, tile_rows=7,
                            backend=backend, progress=False)
     assert torch.equal(rf.first_hit, fh)
-
-
-def test_market_name_parsing():
-    assert demo.parse_name("0001_c6s1_009601_00.jpg") == (1, 6, 9601)
-    assert demo.parse_name("-1_c1s1_000401_03.jpg") == (-1, 1, 401)
-    with pytest.raises(ValueError, match="Market-1501"):
-        demo.parse_name("person.jpg")
 
 
 def test_cli_eval_on_npz(tmp_path, capsys):
@@ -69,5 +65,14 @@ def test_cli_eval_on_npz(tmp_path, capsys):
 def test_demo_runs_on_synthetic_features():
     lines = []
     result = demo.run(None, log=lines.append)
+    assert result.rank(1) > 0.9
     assert result.num_valid_queries == 100
     assert any("synthetic" in line for line in lines)
+
+
+def test_demo_on_real_crops(reid_mini):
+    pytest.importorskip("onnx")
+    lines = []
+    result = demo.run(reid_mini, log=lines.append)
+    assert result.num_valid_queries > 50
+    assert any("onnxruntime" in line for line in lines)

@@ -18,12 +18,12 @@ import os
 import sys
 from typing import List, NamedTuple, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..data.market1501 import parse_market_name
 from ..data.paths import reid_mini_dir
 from ..data.transforms import preprocess_batch
+from ..metrics import evaluate_rank, pairwise_distance
 from .backbones.osnet import osnet_x0_25
 
 __all__ = ["CropFeatures", "osnet_on_crops", "query_gallery_split", "rank1_map", "main"]
@@ -114,32 +114,15 @@ def query_gallery_split(pids: torch.Tensor, frames: torch.Tensor) -> Tuple[torch
 
 
 def rank1_map(distmat, q_pids, g_pids, q_camids, g_camids) -> Tuple[float, float]:
-    """Rank-1 and mAP (fractions in [0, 1]) under the Market protocol, float64, one query at a
-    time: gallery entries with the query's pid and camid are removed; queries with no positive
-    left are skipped. Raises ValueError if no query has a positive."""
-    d = np.asarray(distmat, dtype=np.float64)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
-    r1, aps = [], []
-    for i in range(d.shape[0]):
-        keep = ~((g_pids == q_pids[i]) & (g_camids == q_camids[i]))
-        order = np.argsort(d[i][keep], kind="stable")
-        match = (g_pids[keep][order] == q_pids[i]).astype(np.float64)
-        if match.sum() == 0:
-            continue
-        r1.append(match[0])
-        hits = np.cumsum(match)
-        aps.append(float((hits / np.arange(1, len(match) + 1) * match).sum() / match.sum()))
-    if not aps:
-        raise ValueError("no query has a positive in the gallery")
-    return float(np.mean(r1)), float(np.mean(aps))
+    """Rank-1 and mAP (fractions in [0, 1]) under the Market protocol, by
+    :func:`reidkern.metrics.evaluate_rank`. Raises ValueError if no query has a positive."""
+    result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=1)
+    return result.rank(1), result.mAP
 
 
 def cosine_distmat(qf: torch.Tensor, gf: torch.Tensor) -> torch.Tensor:
     """1 − cosine similarity, float64 [Q, G]."""
-    qf = torch.nn.functional.normalize(qf.double(), dim=1)
-    gf = torch.nn.functional.normalize(gf.double(), dim=1)
-    return 1.0 - qf @ gf.t()
+    return pairwise_distance(qf.double(), gf.double(), "cosine")
 
 
 def main(argv: Optional[List[str]] = None) -> Tuple[float, float]:
