@@ -92,7 +92,11 @@ def osnet_on_crops(
     if model is None:
         model = osnet_x0_25(os.path.join(root, ONNX_NAME))
     model.eval()
-    feats = [model(preprocess_batch(paths[i:i + batch_size], (256, 128))) for i in range(0, len(paths), batch_size)]
+    starts = range(0, len(paths), batch_size)
+    if len(starts) > 2:  # several seconds on a CPU: show progress
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="embed crops", unit="batch", leave=False)
+    feats = [model(preprocess_batch(paths[i:i + batch_size], (256, 128))) for i in starts]
     frames = torch.tensor([n.frame for n in names], dtype=torch.long)
     cams = frames if subset == "mot17-crops" else torch.tensor([n.camid for n in names], dtype=torch.long)
     return CropFeatures(
