@@ -13,6 +13,27 @@ import torch
 SMOKE = os.environ.get("REIDKERN_BENCH_SMOKE", "0") == "1"
 
 
+def _fixed_mmap_threshold(nbytes=64 << 10):
+    """Makes glibc serve every allocation above ``nbytes`` with its own mmap and return it on free.
+
+    By default glibc raises its mmap threshold after large frees and then reuses heap pages that
+    are already resident, so the resident set stops growing and a sampled RSS peak reads ~0 for
+    code that allocates and frees big temporaries. A fixed threshold (mallopt M_MMAP_THRESHOLD)
+    makes the RSS track live large allocations, torch's and NumPy's alike.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_MMAP_THRESHOLD = -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
+    except OSError:  # not glibc: RSS peaks stay lower bounds
+        return False
+
+
+FIXED_MMAP_THRESHOLD = _fixed_mmap_threshold()
+
+
 def smoke() -> bool:
     """True in smoke mode (CI): benchmarks shrink their sizes so one call of each is quick."""
     return SMOKE
@@ -28,8 +49,9 @@ def peak_memory(fn, device="cpu"):
 
     CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at the start (exact for torch
     allocations). CPU: growth of the process's resident set size over its value at the start,
-    sampled every millisecond by a thread (captures torch and NumPy allocations; short spikes
-    under 1 ms can be missed, so it is a lower bound).
+    sampled every millisecond by a thread, with glibc's mmap threshold fixed at 64 KiB so large
+    buffers are mapped and unmapped as they live and die (captures torch and NumPy allocations;
+    spikes under 1 ms and small allocations can be missed, so it is a lower bound).
     """
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
