@@ -180,9 +180,9 @@ std::tuple<Tensor, Tensor> batch_hard_mining_backward_cpu(
   Tensor gap = torch::stable::contiguous(grad_dist_ap), gan = torch::stable::contiguous(grad_dist_an);
   Tensor dap = torch::stable::contiguous(dist_ap), dan = torch::stable::contiguous(dist_an);
   Tensor pidx = torch::stable::contiguous(p_index), nidx = torch::stable::contiguous(n_index);
-  auto grad_x = torch::stable::new_zeros(x, {B, D});
   auto grad_y = torch::stable::new_zeros(y, {M, D});
-  if (B == 0 || M == 0) return {grad_x, grad_y};
+  if (B == 0 || M == 0) return {torch::stable::new_zeros(x, {B, D}), grad_y};
+  auto grad_x = torch::stable::new_empty(x, {B, D});  // every row is written below
   REIDKERN_DISPATCH_FLOATING(x, "batch_hard_mining_backward", [&] {
     const scalar_t* xp = static_cast<const scalar_t*>(x.const_data_ptr());
     const scalar_t* yp = static_cast<const scalar_t*>(y.const_data_ptr());
@@ -200,6 +200,7 @@ std::tuple<Tensor, Tensor> batch_hard_mining_backward_cpu(
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* xrow = gx + i * D;
         const scalar_t* xi = xp + i * D;
+        std::fill(xrow, xrow + D, scalar_t(0));
         for (int k = 0; k < 2; ++k) {
           const int64_t j = idx[k][i];
           const scalar_t g = grads[k][i];

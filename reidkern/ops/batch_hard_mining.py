@@ -3,8 +3,10 @@
 For every anchor, the hardest positive (largest distance among candidates with the same label,
 the anchor itself excluded) and the hardest negative (smallest distance among candidates with
 another label) — Hermans et al. 2017, "In Defense of the Triplet Loss for Person
-Re-Identification", batch-hard mining (Eq. 5). No B x B distance matrix, mask or sort is kept;
-the backward (``reidkern::batch_hard_mining_backward``) touches only the 2B chosen pairs.
+Re-Identification", batch-hard mining (L_BH). No mask, sort or distance matrix is kept for the
+backward, which (``reidkern::batch_hard_mining_backward``) touches only the 2B chosen pairs. The
+CPU kernel takes the Gram values from BLAS in row tiles of at most 2^20 values and mines each tile
+at once; the CUDA and Triton kernels keep the Gram block in registers / shared memory.
 
 Kernels: csrc/cpu/batch_hard_mining.cpp, csrc/cuda/batch_hard_mining.cu,
 reidkern/triton/batch_hard_mining.py; oracle in reidkern/ops/reference/batch_hard_mining.py.
@@ -86,6 +88,14 @@ class _TritonBatchHard(torch.autograd.Function):
         return gx, None, gy, None, None, None
 
 
+def _check_finite(x, name):
+    """One pass (a sum) in the common case: any NaN / inf makes the sum non-finite; only then (or on
+    overflow of the sum itself) the element-wise check decides."""
+    with torch.no_grad():
+        if x.numel() and not bool(torch.isfinite(x.sum())):
+            V.check_finite(x, name)
+
+
 def _validate(embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
     if metric not in METRIC_CODES:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -112,9 +122,9 @@ def _validate(embeddings, labels, ref_embeddings, ref_labels, metric, self_offse
     if self_offset is not None and not isinstance(self_offset, int):
         raise TypeError(f"self_offset must be an int or None, got {type(self_offset).__name__}")
     if not torch.compiler.is_compiling():  # data-dependent checks stay out of compiled graphs
-        V.check_finite(embeddings, "embeddings")
+        _check_finite(embeddings, "embeddings")
         if ref_embeddings is not None:
-            V.check_finite(ref_embeddings, "ref_embeddings")
+            _check_finite(ref_embeddings, "ref_embeddings")
     return embeddings, labels, ref_embeddings, ref_labels
 
 

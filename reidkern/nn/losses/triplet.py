@@ -37,14 +37,16 @@ def weighted_example_mining(embeddings, labels, ref_embeddings, ref_labels, self
 
 
 class TripletLoss(nn.Module):
-    """Batch-hard triplet loss (Hermans et al. 2017, Eq. 5), fused mining.
+    """Batch-hard triplet loss (Hermans et al. 2017, the batch-hard loss L_BH), fused mining.
 
     ``loss = mean over valid anchors of relu(dist_ap − dist_an + margin)`` (the
     ``MarginRankingLoss(dist_an, dist_ap, 1)`` form of torchreid / fast-reid); ``margin=None`` gives
     the soft margin ``softplus(dist_ap − dist_an)``. ``mining="weighted"`` replaces the hardest pair
     by fast-reid's softmax-weighted positives / softmin-weighted negatives (weighted regularised
     triplet; use it with ``margin=None`` as fast-reid does). Anchors with no positive or no negative
-    in the batch are left out of the mean (loss 0 if none is valid).
+    in the batch are left out of the mean (loss 0 if none is valid). Unlike fast-reid's masked max,
+    the anchor itself is never its own positive (fast-reid counts it, at distance ~0, which only
+    matters for anchors whose identity has a single image in the batch: here they are left out).
 
     Args:
         margin: float >= 0, or None for the soft margin. Default 0.3.
@@ -102,7 +104,8 @@ def _pair_distance(a, b, metric):
 
 
 class SoftTripletLoss(nn.Module):
-    """Softmax triplet loss with batch-hard mining (MMT, Ge et al. ICLR 2020, Eq. 8–9; LF2's loss).
+    """Softmax triplet loss with batch-hard mining (MMT, Ge et al. ICLR 2020, the softmax-triplet
+    and soft softmax-triplet losses; LF2's loss).
 
     Per anchor, ``ls = log_softmax([dist_ap, dist_an])`` (as MMT writes it), then
 

@@ -7,7 +7,7 @@ Two formulations the field uses, kept as oracles and benchmark baselines:
   the distance matrix (autograd over all B x M entries).
 * :func:`batch_hard_mining_loop` — torchreid style: one Python iteration per anchor.
 
-Distances (Hermans et al. 2017, "In Defense of the Triplet Loss", Eq. 5 with D = Euclidean):
+Distances (Hermans et al. 2017, "In Defense of the Triplet Loss", L_BH with D = Euclidean):
 ``sqeuclidean`` = max(|x|² + |y|² − 2 x·y, 0); ``euclidean`` = sqrt(clamp(|x|² + |y|² − 2 x·y,
 min=1e-12)) as fast-reid and torchreid compute it; ``cosine`` = 1 − x̂·ŷ with x̂ = x / max(|x|, 1e-12)
 (``F.normalize``).
