@@ -1,4 +1,5 @@
 """reidkern ops: one module per op, each a torch custom op in the ``reidkern`` namespace."""
 from reidkern.ops.evaluate_rank import evaluate_rank_per_query
+from reidkern.ops.batch_hard_mining import BatchHardResult, batch_hard_mining
 
-__all__ = ["evaluate_rank_per_query"]
+__all__ = ["evaluate_rank_per_query", "batch_hard_mining", "BatchHardResult"]

@@ -1,0 +1,186 @@
+"""Op ``reidkern::batch_hard_mining``: pairwise distances and batch-hard mining in one pass.
+
+For every anchor, the hardest positive (largest distance among candidates with the same label,
+the anchor itself excluded) and the hardest negative (smallest distance among candidates with
+another label) — Hermans et al. 2017, "In Defense of the Triplet Loss for Person
+Re-Identification", batch-hard mining (L_BH). No mask, sort or distance matrix is kept for the
+backward, which (``reidkern::batch_hard_mining_backward``) touches only the 2B chosen pairs. The
+CPU kernel takes the Gram values from BLAS in row tiles of at most 2^20 values and mines each tile
+at once; the CUDA and Triton kernels keep the Gram block in registers / shared memory.
+
+Kernels: csrc/cpu/batch_hard_mining.cpp, csrc/cuda/batch_hard_mining.cu,
+reidkern/triton/batch_hard_mining.py; oracle in reidkern/ops/reference/batch_hard_mining.py.
+"""
+from typing import NamedTuple
+
+import torch
+
+from reidkern._library import native_available
+from reidkern.ops import _validate as V
+from reidkern.ops._backend import resolve_backend
+from reidkern.ops.reference.batch_hard_mining import METRICS, batch_hard_mining_reference
+
+METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+
+
+class BatchHardResult(NamedTuple):
+    """Result of :func:`batch_hard_mining` (all [B], on the embeddings' device)."""
+
+    dist_ap: torch.Tensor  #: distance to the hardest positive (0 where the anchor has none)
+    dist_an: torch.Tensor  #: distance to the hardest negative (0 where the anchor has none)
+    p_index: torch.Tensor  #: int64 candidate index of the hardest positive, -1 where none
+    n_index: torch.Tensor  #: int64 candidate index of the hardest negative, -1 where none
+    valid: torch.Tensor    #: bool, the anchor has both a positive and a negative
+
+
+if native_available():
+    @torch.library.register_fake("reidkern::batch_hard_mining")
+    def _(embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
+        b = embeddings.shape[0]
+        return (embeddings.new_empty(b), embeddings.new_empty(b),
+                embeddings.new_empty(b, dtype=torch.int64), embeddings.new_empty(b, dtype=torch.int64))
+
+    @torch.library.register_fake("reidkern::batch_hard_mining_backward")
+    def _(grad_dist_ap, grad_dist_an, embeddings, ref_embeddings, dist_ap, dist_an, p_index,
+          n_index, metric):
+        return torch.empty_like(embeddings), torch.empty_like(ref_embeddings)
+
+    def _setup_context(ctx, inputs, output):
+        embeddings, _, ref_embeddings, _, metric, _ = inputs
+        dist_ap, dist_an, p_index, n_index = output
+        ctx.save_for_backward(embeddings, ref_embeddings, dist_ap, dist_an, p_index, n_index)
+        ctx.metric = metric
+        ctx.mark_non_differentiable(p_index, n_index)
+
+    def _backward(ctx, grad_ap, grad_an, _gp, _gn):
+        embeddings, ref_embeddings, dist_ap, dist_an, p_index, n_index = ctx.saved_tensors
+        if grad_ap is None:
+            grad_ap = torch.zeros_like(dist_ap)
+        if grad_an is None:
+            grad_an = torch.zeros_like(dist_an)
+        gx, gy = torch.ops.reidkern.batch_hard_mining_backward(
+            grad_ap.contiguous(), grad_an.contiguous(), embeddings, ref_embeddings, dist_ap,
+            dist_an, p_index, n_index, ctx.metric)
+        return gx, None, gy, None, None, None
+
+    torch.library.register_autograd("reidkern::batch_hard_mining", _backward,
+                                    setup_context=_setup_context)
+
+
+class _TritonBatchHard(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
+        from reidkern.triton.batch_hard_mining import batch_hard_mining_triton
+        out = batch_hard_mining_triton(embeddings, labels, ref_embeddings, ref_labels, metric,
+                                       self_offset)
+        ctx.save_for_backward(embeddings, ref_embeddings, *out)
+        ctx.metric = metric
+        ctx.mark_non_differentiable(out[2], out[3])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_ap, grad_an, _gp, _gn):
+        from reidkern.triton.batch_hard_mining import batch_hard_mining_backward_triton
+        embeddings, ref_embeddings, dist_ap, dist_an, p_index, n_index = ctx.saved_tensors
+        gx, gy = batch_hard_mining_backward_triton(
+            grad_ap.contiguous(), grad_an.contiguous(), embeddings, ref_embeddings, dist_ap,
+            dist_an, p_index, n_index, ctx.metric)
+        return gx, None, gy, None, None, None
+
+
+def _check_finite(x, name):
+    """One pass (a sum) in the common case: any NaN / inf makes the sum non-finite; only then (or on
+    overflow of the sum itself) the element-wise check decides."""
+    with torch.no_grad():
+        if x.numel() and not bool(torch.isfinite(x.sum())):
+            V.check_finite(x, name)
+
+
+def _validate(embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
+    if metric not in METRIC_CODES:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    embeddings = V.floating(V.as_tensor(embeddings, "embeddings"), "embeddings")
+    V.check_ndim(embeddings, 2, "embeddings", "[B, D]")
+    if embeddings.shape[1] == 0:
+        raise ValueError("embeddings has feature dimension D = 0; expected [B, D] with D >= 1")
+    dev = embeddings.device
+    labels = V.check_ids(labels, embeddings.shape[0], "labels", "B (rows of embeddings)", dev)
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise ValueError("ref_embeddings and ref_labels must be given together")
+    if ref_embeddings is not None:
+        ref_embeddings = V.floating(V.as_tensor(ref_embeddings, "ref_embeddings"), "ref_embeddings")
+        V.check_ndim(ref_embeddings, 2, "ref_embeddings", "[M, D]")
+        if ref_embeddings.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"ref_embeddings has feature dimension {ref_embeddings.shape[1]}, "
+                             f"expected D = {embeddings.shape[1]} (embeddings)")
+        if ref_embeddings.device != dev:
+            raise ValueError(f"ref_embeddings is on {ref_embeddings.device}, embeddings on {dev}")
+        dtype = torch.promote_types(embeddings.dtype, ref_embeddings.dtype)
+        embeddings, ref_embeddings = embeddings.to(dtype), ref_embeddings.to(dtype)
+        ref_labels = V.check_ids(ref_labels, ref_embeddings.shape[0], "ref_labels",
+                                 "M (rows of ref_embeddings)", dev)
+    if self_offset is not None and not isinstance(self_offset, int):
+        raise TypeError(f"self_offset must be an int or None, got {type(self_offset).__name__}")
+    if not torch.compiler.is_compiling():  # data-dependent checks stay out of compiled graphs
+        _check_finite(embeddings, "embeddings")
+        if ref_embeddings is not None:
+            _check_finite(ref_embeddings, "ref_embeddings")
+    return embeddings, labels, ref_embeddings, ref_labels
+
+
+def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=None,
+                      ref_labels=None, self_offset=None, backend=None, validate=True):
+    """Batch-hard mining (Hermans et al. 2017): distance and hardest positive / negative per anchor.
+
+    Anchors are the rows of ``embeddings``; candidates are the rows of ``ref_embeddings`` when given
+    (a memory bank, or the batch gathered from every process — see :mod:`reidkern.distributed`),
+    else the batch itself. A positive is a candidate with the anchor's label other than the anchor
+    itself (candidate ``i + self_offset`` for anchor ``i``); a negative is a candidate with another
+    label. Ties go to the lowest candidate index. Anchors without a positive or a negative are
+    reported in ``valid`` (their distance is 0 and index -1, never NaN).
+
+    Distances: ``"euclidean"`` = sqrt(clamp(|x|² + |y|² − 2x·y, min=1e-12)) as fast-reid and torchreid
+    compute it (the clamp keeps the gradient finite at coincident points, where it is 0);
+    ``"sqeuclidean"`` = max(|x|² + |y|² − 2x·y, 0); ``"cosine"`` = 1 − x̂·ŷ, x̂ = x / max(|x|, 1e-12).
+
+    Differentiable w.r.t. ``embeddings`` and ``ref_embeddings``: the backward computes
+    d(dist)/d(x) for only the 2B chosen pairs (a compiled kernel, no B x M matrix).
+
+    Args:
+        embeddings: [B, D] float32/float64 (float16/bfloat16 are computed in float32).
+        labels: [B] integer identity labels.
+        metric: "euclidean", "sqeuclidean" or "cosine".
+        ref_embeddings: optional [M, D] candidate set; ref_labels: its [M] integer labels.
+        self_offset: candidate ``i + self_offset`` is anchor ``i`` itself and never its positive.
+            Default 0 without a ref set, none (-1) with one.
+        backend: "cpp", "cuda", "triton" or "reference" (see reidkern.ops._backend).
+        validate: check the arguments (the NaN check is skipped inside torch.compile graphs).
+
+    Returns:
+        :class:`BatchHardResult` ``(dist_ap, dist_an, p_index, n_index, valid)``, each [B].
+
+    Raises:
+        ValueError: wrong shapes, label / embedding length mismatch, D = 0, NaN or inf, unknown
+            metric, ref_embeddings without ref_labels.
+        TypeError: non-integer labels, non-numeric embeddings.
+    """
+    if validate:
+        embeddings, labels, ref_embeddings, ref_labels = _validate(
+            embeddings, labels, ref_embeddings, ref_labels, metric, self_offset)
+    if ref_embeddings is None:
+        ref_embeddings, ref_labels = embeddings, labels
+        offset = 0 if self_offset is None else int(self_offset)
+    else:
+        offset = -1 if self_offset is None else int(self_offset)
+    choice = resolve_backend("batch_hard_mining", embeddings.device, backend)
+    code = METRIC_CODES[metric]
+    if choice in ("cpp", "cuda"):
+        out = torch.ops.reidkern.batch_hard_mining(embeddings, labels, ref_embeddings, ref_labels,
+                                                   code, offset)
+    elif choice == "triton":
+        out = _TritonBatchHard.apply(embeddings, labels, ref_embeddings, ref_labels, code, offset)
+    else:
+        out = batch_hard_mining_reference(embeddings, labels, ref_embeddings, ref_labels, metric,
+                                          offset)
+    dist_ap, dist_an, p_index, n_index = out
+    return BatchHardResult(dist_ap, dist_an, p_index, n_index, (p_index >= 0) & (n_index >= 0))
