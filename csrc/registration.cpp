@@ -7,4 +7,19 @@ STABLE_TORCH_LIBRARY(reidkern, m) {
   m.def(
       "evaluate_rank(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids, "
       "Tensor g_camids, bool trapezoid) -> (Tensor, Tensor, Tensor)");
+  // Template / prototype cross-attention, fused forward and backward
+  // (reidkern/ops/template_attention.py).
+  m.def(
+      "template_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale, "
+      "bool return_weights) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "template_attention_bwd(Tensor grad_out, Tensor? grad_weights, Tensor? grad_mean_logit, "
+      "Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor lse, float scale) "
+      "-> (Tensor, Tensor, Tensor)");
+  // Top-k token aggregation per part, fused forward and backward
+  // (reidkern/ops/topk_token_aggregate.py).
+  m.def("topk_token_aggregate_fwd(Tensor scores, Tensor tokens, int k) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "topk_token_aggregate_bwd(Tensor grad_parts, Tensor? grad_selected, Tensor scores, "
+      "Tensor tokens, Tensor indices) -> (Tensor, Tensor)");
 }

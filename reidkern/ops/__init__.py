@@ -1,4 +1,6 @@
 """reidkern ops: one module per op, each a torch custom op in the ``reidkern`` namespace."""
 from reidkern.ops.evaluate_rank import evaluate_rank_per_query
+from reidkern.ops.template_attention import template_attention
+from reidkern.ops.topk_token_aggregate import topk_token_aggregate
 
-__all__ = ["evaluate_rank_per_query"]
+__all__ = ["evaluate_rank_per_query", "template_attention", "topk_token_aggregate"]
