@@ -17,4 +17,19 @@ STABLE_TORCH_LIBRARY(reidkern, m) {
       "batch_hard_mining_backward(Tensor grad_dist_ap, Tensor grad_dist_an, Tensor embeddings, "
       "Tensor ref_embeddings, Tensor dist_ap, Tensor dist_an, Tensor p_index, Tensor n_index, "
       "int metric) -> (Tensor, Tensor)");
+  // Template / prototype cross-attention, fused forward and backward
+  // (reidkern/ops/template_attention.py).
+  m.def(
+      "template_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, float scale, "
+      "bool return_weights) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "template_attention_bwd(Tensor grad_out, Tensor? grad_weights, Tensor? grad_mean_logit, "
+      "Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor lse, float scale) "
+      "-> (Tensor, Tensor, Tensor)");
+  // Top-k token aggregation per part, fused forward and backward
+  // (reidkern/ops/topk_token_aggregate.py).
+  m.def("topk_token_aggregate_fwd(Tensor scores, Tensor tokens, int k) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "topk_token_aggregate_bwd(Tensor grad_parts, Tensor? grad_selected, Tensor scores, "
+      "Tensor tokens, Tensor indices) -> (Tensor, Tensor)");
 }

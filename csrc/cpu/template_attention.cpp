@@ -1,0 +1,601 @@
+// CPU kernels of reidkern::template_attention_fwd / _bwd: a few learned queries (Nq <= 32) over up
+// to 512 keys with head dim up to 512, forward and backward fused per (batch, head).
+//
+// One task per (b, h), run by torch's intra-op pool. A task keeps its logits / probabilities
+// [Nq, L] in a small thread-local buffer (<= 64 KiB), never a [B, H, Nq, L] tensor unless the
+// weights are asked for. Padded keys are dropped up front (the task works on the compacted list of
+// valid keys). Forward saves the log-sum-exp per query row; backward recomputes the probabilities
+// from it (flash-attention style) and needs neither the weights nor the output:
+//   P = exp(S - lse), dP = dO V^T (+ grad of the returned weights), delta_i = sum_j P_ij dP_ij,
+//   dS = P (dP - delta) + grad_mean_i / n_valid, dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO.
+// A query row whose keys are all padding gets zero output, zero weights, zero mean logit, lse=-inf
+// and zero gradients.
+//
+// The inner loops are small register-tiled GEMMs written with GCC vector extensions, compiled
+// three times (AVX-512 / AVX2+FMA / baseline vectors) and picked from the CPU's features at run time.
+#include "common.h"
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+// 64-byte vector values passed between always-inlined helpers: no ABI crossing.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace reidkern {
+namespace {
+
+// ---- small GEMMs on 64-byte GCC vectors (inlined into each target clone) --------------------------
+#define REIDKERN_INLINE inline __attribute__((always_inline))
+#if defined(__GNUC__) && defined(__x86_64__)
+#define REIDKERN_X86 1
+#define REIDKERN_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#define REIDKERN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define REIDKERN_X86 0
+#endif
+
+enum class Isa { Base, Avx2, Avx512 };
+
+inline Isa cpu_isa() {
+  static const Isa isa = [] {
+#if REIDKERN_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      return Isa::Avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+#endif
+    return Isa::Base;
+  }();
+  return isa;
+}
+
+namespace vec {
+
+template <typename T, int VB>
+struct V {
+  static constexpr int W = VB / sizeof(T);
+  typedef T type __attribute__((vector_size(VB)));
+};
+
+template <int VB, typename T>
+REIDKERN_INLINE typename V<T, VB>::type load(const T* p) {
+  typename V<T, VB>::type x;
+  __builtin_memcpy(&x, p, sizeof x);
+  return x;
+}
+template <typename T, typename Vt>
+REIDKERN_INLINE void store(T* p, Vt x) {
+  __builtin_memcpy(p, &x, sizeof x);
+}
+// Sum of the lanes by halving (log2(W) shuffle + add steps).
+template <typename T, typename Vt>
+REIDKERN_INLINE T hsum(Vt x) {
+  constexpr int W = int(sizeof(Vt) / sizeof(T));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+  typedef I Vi __attribute__((vector_size(sizeof(Vt))));
+  Vi idx;
+  for (int t = 0; t < W; ++t) idx[t] = t;
+  if constexpr (W >= 16) x += __builtin_shuffle(x, idx ^ 8);
+  if constexpr (W >= 8) x += __builtin_shuffle(x, idx ^ 4);
+  if constexpr (W >= 4) x += __builtin_shuffle(x, idx ^ 2);
+  if constexpr (W >= 2) x += __builtin_shuffle(x, idx ^ 1);
+  return x[0];
+}
+
+// C[m * ldc + n] = alpha * sum_k A[m * lda + k] * B[b_rows[n] * ldb + k]   (dot products over k)
+template <typename T, int VB>
+REIDKERN_INLINE void gemm_nt(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                             const T* B, int64_t ldb, const int32_t* b_rows, T* C, int64_t ldc) {
+  using Vt = typename V<T, VB>::type;
+  constexpr int W = V<T, VB>::W;
+  const int64_t Kv = K - K % W;
+  for (int64_t n = 0; n < N; ++n) {
+    const T* b = B + (b_rows ? b_rows[n] : n) * ldb;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) {
+      const T* a0 = A + m * lda;
+      const T* a1 = a0 + lda;
+      const T* a2 = a1 + lda;
+      const T* a3 = a2 + lda;
+      Vt c0 = {}, c1 = {}, c2 = {}, c3 = {};
+      for (int64_t k = 0; k < Kv; k += W) {
+        const Vt bv = load<VB>(b + k);
+        c0 += load<VB>(a0 + k) * bv;
+        c1 += load<VB>(a1 + k) * bv;
+        c2 += load<VB>(a2 + k) * bv;
+        c3 += load<VB>(a3 + k) * bv;
+      }
+      T s0 = hsum<T, Vt>(c0), s1 = hsum<T, Vt>(c1), s2 = hsum<T, Vt>(c2), s3 = hsum<T, Vt>(c3);
+      for (int64_t k = Kv; k < K; ++k) {
+        s0 += a0[k] * b[k];
+        s1 += a1[k] * b[k];
+        s2 += a2[k] * b[k];
+        s3 += a3[k] * b[k];
+      }
+      C[m * ldc + n] = alpha * s0;
+      C[(m + 1) * ldc + n] = alpha * s1;
+      C[(m + 2) * ldc + n] = alpha * s2;
+      C[(m + 3) * ldc + n] = alpha * s3;
+    }
+    for (; m < M; ++m) {
+      const T* a0 = A + m * lda;
+      Vt c0 = {};
+      for (int64_t k = 0; k < Kv; k += W) c0 += load<VB>(a0 + k) * load<VB>(b + k);
+      T s0 = hsum<T, Vt>(c0);
+      for (int64_t k = Kv; k < K; ++k) s0 += a0[k] * b[k];
+      C[m * ldc + n] = alpha * s0;
+    }
+  }
+}
+
+// C[c_rows[m] * ldc + n] = alpha * sum_k A[m * a_rs + k * a_cs] * B[b_rows[k] * ldb + n]
+// (rows of B scaled and summed; register tile of 4 rows x 2 vectors).
+template <typename T, int VB>
+REIDKERN_INLINE void gemm_nn(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t a_rs,
+                             int64_t a_cs, const T* B, int64_t ldb, const int32_t* b_rows, T* C,
+                             int64_t ldc, const int32_t* c_rows) {
+  using Vt = typename V<T, VB>::type;
+  constexpr int W = V<T, VB>::W;
+  auto brow = [&](int64_t k) { return B + (b_rows ? b_rows[k] : k) * ldb; };
+  auto crow = [&](int64_t m) { return C + (c_rows ? c_rows[m] : m) * ldc; };
+  int64_t n = 0;
+  for (; n + 2 * W <= N; n += 2 * W) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) {
+      Vt c00 = {}, c01 = {}, c10 = {}, c11 = {}, c20 = {}, c21 = {}, c30 = {}, c31 = {};
+      const T* a = A + m * a_rs;
+      for (int64_t k = 0; k < K; ++k) {
+        const T* b = brow(k) + n;
+        const Vt b0 = load<VB>(b), b1 = load<VB>(b + W);
+        const T* ak = a + k * a_cs;
+        const Vt x0 = Vt{} + ak[0], x1 = Vt{} + ak[a_rs], x2 = Vt{} + ak[2 * a_rs],
+                 x3 = Vt{} + ak[3 * a_rs];
+        c00 += x0 * b0; c01 += x0 * b1;
+        c10 += x1 * b0; c11 += x1 * b1;
+        c20 += x2 * b0; c21 += x2 * b1;
+        c30 += x3 * b0; c31 += x3 * b1;
+      }
+      T* c = crow(m) + n; store(c, alpha * c00); store(c + W, alpha * c01);
+      c = crow(m + 1) + n; store(c, alpha * c10); store(c + W, alpha * c11);
+      c = crow(m + 2) + n; store(c, alpha * c20); store(c + W, alpha * c21);
+      c = crow(m + 3) + n; store(c, alpha * c30); store(c + W, alpha * c31);
+    }
+    for (; m < M; ++m) {
+      Vt c00 = {}, c01 = {};
+      const T* a = A + m * a_rs;
+      for (int64_t k = 0; k < K; ++k) {
+        const T* b = brow(k) + n;
+        const Vt x0 = Vt{} + a[k * a_cs];
+        c00 += x0 * load<VB>(b);
+        c01 += x0 * load<VB>(b + W);
+      }
+      T* c = crow(m) + n;
+      store(c, alpha * c00);
+      store(c + W, alpha * c01);
+    }
+  }
+  for (; n + W <= N; n += W) {
+    for (int64_t m = 0; m < M; ++m) {
+      Vt c00 = {};
+      const T* a = A + m * a_rs;
+      for (int64_t k = 0; k < K; ++k) c00 += (Vt{} + a[k * a_cs]) * load<VB>(brow(k) + n);
+      store(crow(m) + n, alpha * c00);
+    }
+  }
+  if (n < N) {
+    for (int64_t m = 0; m < M; ++m) {
+      const T* a = A + m * a_rs;
+      T* c = crow(m);
+      for (int64_t nn = n; nn < N; ++nn) c[nn] = T(0);
+      for (int64_t k = 0; k < K; ++k) {
+        const T x = a[k * a_cs];
+        const T* b = brow(k);
+        for (int64_t nn = n; nn < N; ++nn) c[nn] += x * b[nn];
+      }
+      for (int64_t nn = n; nn < N; ++nn) c[nn] *= alpha;
+    }
+  }
+}
+
+// C[m * ldc + n] = alpha * sum_k A[m * a_rs + k * a_cs] * B[b_rows[k] * ldb + n] for few rows M
+// and many k (P V, dS K): B is streamed row by row, 4 rows at a time, in memory order; C (M x N, <= 64 KiB) stays in cache.
+template <typename T, int VB>
+REIDKERN_INLINE void gemm_nn_stream(int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                                    int64_t a_rs, int64_t a_cs, const T* B, int64_t ldb,
+                                    const int32_t* b_rows, T* C, int64_t ldc) {
+  using Vt = typename V<T, VB>::type;
+  constexpr int W = V<T, VB>::W;
+  const int64_t Nv = N - N % W;
+  auto brow = [&](int64_t k) { return B + (b_rows ? b_rows[k] : k) * ldb; };
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = T(0);
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const T* b0 = brow(k);
+    const T* b1 = brow(k + 1);
+    const T* b2 = brow(k + 2);
+    const T* b3 = brow(k + 3);
+    for (int64_t m = 0; m < M; ++m) {
+      const T* a = A + m * a_rs + k * a_cs;
+      const T s0 = alpha * a[0], s1 = alpha * a[a_cs], s2 = alpha * a[2 * a_cs],
+              s3 = alpha * a[3 * a_cs];
+      const Vt x0 = Vt{} + s0, x1 = Vt{} + s1, x2 = Vt{} + s2, x3 = Vt{} + s3;
+      T* c = C + m * ldc;
+      for (int64_t n = 0; n < Nv; n += W) {
+        Vt acc = load<VB>(c + n);
+        acc += x0 * load<VB>(b0 + n);
+        acc += x1 * load<VB>(b1 + n);
+        acc += x2 * load<VB>(b2 + n);
+        acc += x3 * load<VB>(b3 + n);
+        store(c + n, acc);
+      }
+      for (int64_t n = Nv; n < N; ++n) c[n] += s0 * b0[n] + s1 * b1[n] + s2 * b2[n] + s3 * b3[n];
+    }
+  }
+  for (; k < K; ++k) {
+    const T* b0 = brow(k);
+    for (int64_t m = 0; m < M; ++m) {
+      const T s0 = alpha * A[m * a_rs + k * a_cs];
+      const Vt x0 = Vt{} + s0;
+      T* c = C + m * ldc;
+      for (int64_t n = 0; n < Nv; n += W) store(c + n, load<VB>(c + n) + x0 * load<VB>(b0 + n));
+      for (int64_t n = Nv; n < N; ++n) c[n] += s0 * b0[n];
+    }
+  }
+}
+
+// exp of a float vector (Cephes expf polynomial; x <= 88); exp(x) = 0 for x < -87.3.
+template <int VB>
+REIDKERN_INLINE typename V<float, VB>::type exp_f32(typename V<float, VB>::type x) {
+  using Vf = typename V<float, VB>::type;
+  typedef int32_t Vi __attribute__((vector_size(VB)));
+  const Vf lo = x < -87.3f ? Vf{} + 1.0f : Vf{};  // lanes that underflow
+  x = x < -87.3f ? Vf{} - 87.3f : x;
+  Vf t = x * 1.44269504088896341f + 0.5f;
+  Vi ni = __builtin_convertvector(t, Vi);
+  Vf fn = __builtin_convertvector(ni, Vf);
+  fn = fn > t ? fn - 1.0f : fn;  // floor
+  ni = __builtin_convertvector(fn, Vi);
+  Vf r = x - fn * 0.693359375f;
+  r = r + fn * 2.12194440e-4f;
+  Vf p = Vf{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  Vi bits = (ni + 127) << 23;
+  Vf scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  Vf y = p * scale;
+  return lo != 0.0f ? Vf{} : y;
+}
+
+// row[j] <- exp(row[j] - m); returns the sum.
+template <typename T, int VB>
+REIDKERN_INLINE T exp_sub_sum(T* row, int64_t n, T m) {
+  T sum = T(0);
+  int64_t j = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    using Vf = typename V<float, VB>::type;
+    constexpr int W = V<float, VB>::W;
+    Vf acc = {};
+    for (; j + W <= n; j += W) {
+      const Vf e = exp_f32<VB>(load<VB>(row + j) - m);
+      store(row + j, e);
+      acc += e;
+    }
+    sum = hsum<float, Vf>(acc);
+  }
+  for (; j < n; ++j) {
+    row[j] = std::exp(row[j] - m);
+    sum += row[j];
+  }
+  return sum;
+}
+
+}  // namespace vec
+
+struct AttnGeom {
+  int64_t B, H, Nq, L, D;
+  bool q_bcast;
+  int64_t qs0, qs1, qs2, ks0, ks1, ks2, vs0, vs1, vs2;
+};
+
+// Valid (non-padded) key indices of batch b.
+inline int64_t valid_keys(const bool* mask, int64_t b, int64_t L, int32_t* keys) {
+  int64_t n = 0;
+  if (mask == nullptr) {
+    for (int64_t j = 0; j < L; ++j) keys[j] = static_cast<int32_t>(j);
+    return L;
+  }
+  const bool* m = mask + b * L;
+  for (int64_t j = 0; j < L; ++j)
+    if (!m[j]) keys[n++] = static_cast<int32_t>(j);
+  return n;
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_fwd_task(const AttnGeom& g, const T* q, const T* k, const T* v,
+                                   const bool* mask, T scale, T* out, T* lse, T* mean,
+                                   T* weights, int64_t bh, std::vector<T>& S,
+                                   std::vector<int32_t>& keys) {
+  const int64_t b = bh / g.H, h = bh % g.H, Nq = g.Nq, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  T* ob = out + bh * Nq * D;
+  const int64_t nv = valid_keys(mask, b, L, keys.data());
+  if (nv == 0) {
+    for (int64_t t = 0; t < Nq * D; ++t) ob[t] = T(0);
+    for (int64_t i = 0; i < Nq; ++i) {
+      lse[bh * Nq + i] = -std::numeric_limits<T>::infinity();
+      mean[bh * Nq + i] = T(0);
+    }
+    if (weights)
+      for (int64_t t = 0; t < Nq * L; ++t) weights[bh * Nq * L + t] = T(0);
+    return;
+  }
+  T* s = S.data();
+  // S[i, jj] = scale * q_i . k_keys[jj]
+  vec::gemm_nt<T, VB>(Nq, nv, D, scale, qb, g.qs2, kb, g.ks2, keys.data(), s, nv);
+  for (int64_t i = 0; i < Nq; ++i) {
+    T* row = s + i * nv;
+    T mx = row[0], sum_logit = T(0);
+    for (int64_t jj = 0; jj < nv; ++jj) {
+      mx = row[jj] > mx ? row[jj] : mx;
+      sum_logit += row[jj];
+    }
+    const T denom = vec::exp_sub_sum<T, VB>(row, nv, mx);  // row <- exp(row - mx)
+    const T inv = T(1) / denom;
+    for (int64_t jj = 0; jj < nv; ++jj) row[jj] *= inv;
+    lse[bh * Nq + i] = mx + std::log(denom);
+    mean[bh * Nq + i] = sum_logit / T(nv);
+    if (weights) {
+      T* w = weights + (bh * Nq + i) * L;
+      if (nv != L)
+        for (int64_t j = 0; j < L; ++j) w[j] = T(0);
+      for (int64_t jj = 0; jj < nv; ++jj) w[keys[jj]] = row[jj];
+    }
+  }
+  // O = P V
+  vec::gemm_nn_stream<T, VB>(Nq, D, nv, T(1), s, nv, 1, vb, g.vs2, keys.data(), ob, D);
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_bwd_task(const AttnGeom& g, const T* dout, const T* gw, const T* gmean,
+                                   const T* q, const T* k, const T* v, const bool* mask, T scale,
+                                   const T* lse, T* dq, T* dk, int64_t dks0, int64_t dks1,
+                                   int64_t dks2, T* dv, int64_t dvs0, int64_t dvs1, int64_t dvs2,
+                                   int64_t bh, std::vector<T>& P, std::vector<T>& dS,
+                                   std::vector<int32_t>& keys) {
+  const int64_t b = bh / g.H, h = bh % g.H, Nq = g.Nq, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  const T* dob = dout + bh * Nq * D;
+  T* dqb = dq + bh * Nq * D;
+  T* dkb = dk + b * dks0 + h * dks1;
+  T* dvb = dv + b * dvs0 + h * dvs1;
+  const int64_t nv = valid_keys(mask, b, L, keys.data());
+  if (nv != L) {  // padded keys get zero gradients
+    for (int64_t j = 0; j < L; ++j) {
+      for (int64_t d = 0; d < D; ++d) dkb[j * dks2 + d] = T(0);
+      for (int64_t d = 0; d < D; ++d) dvb[j * dvs2 + d] = T(0);
+    }
+  }
+  if (nv == 0) {
+    for (int64_t t = 0; t < Nq * D; ++t) dqb[t] = T(0);
+    return;
+  }
+  T* p = P.data();
+  T* ds = dS.data();
+  vec::gemm_nt<T, VB>(Nq, nv, D, scale, qb, g.qs2, kb, g.ks2, keys.data(), p, nv);
+  vec::gemm_nt<T, VB>(Nq, nv, D, T(1), dob, D, vb, g.vs2, keys.data(), ds, nv);  // dP
+  for (int64_t i = 0; i < Nq; ++i) {
+    T* prow = p + i * nv;
+    T* drow = ds + i * nv;
+    const T l = lse[bh * Nq + i];
+    if (l == -std::numeric_limits<T>::infinity()) {  // cannot happen with nv > 0; kept for safety
+      for (int64_t jj = 0; jj < nv; ++jj) prow[jj] = drow[jj] = T(0);
+      continue;
+    }
+    vec::exp_sub_sum<T, VB>(prow, nv, l);  // prow <- exp(S - lse)
+    if (gw) {
+      const T* gwr = gw + (bh * Nq + i) * L;
+      for (int64_t jj = 0; jj < nv; ++jj) drow[jj] += gwr[keys[jj]];
+    }
+    T delta = T(0);
+    for (int64_t jj = 0; jj < nv; ++jj) delta += prow[jj] * drow[jj];
+    const T gm = gmean ? gmean[bh * Nq + i] / T(nv) : T(0);
+    for (int64_t jj = 0; jj < nv; ++jj) drow[jj] = prow[jj] * (drow[jj] - delta) + gm;
+  }
+  // dQ = scale dS K ; dK = scale dS^T Q ; dV = P^T dO
+  vec::gemm_nn_stream<T, VB>(Nq, D, nv, scale, ds, nv, 1, kb, g.ks2, keys.data(), dqb, D);
+  vec::gemm_nn<T, VB>(nv, D, Nq, scale, ds, 1, nv, qb, g.qs2, nullptr, dkb, dks2, keys.data());
+  vec::gemm_nn<T, VB>(nv, D, Nq, T(1), p, 1, nv, dob, D, nullptr, dvb, dvs2, keys.data());
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_fwd_range(const AttnGeom& g, const T* q, const T* k, const T* v,
+                                    const bool* mask, T scale, T* out, T* lse, T* mean, T* weights,
+                                    int64_t begin, int64_t end) {
+  std::vector<T> S(g.Nq * g.L);
+  std::vector<int32_t> keys(g.L);
+  for (int64_t bh = begin; bh < end; ++bh)
+    attn_fwd_task<T, VB>(g, q, k, v, mask, scale, out, lse, mean, weights, bh, S, keys);
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_bwd_range(const AttnGeom& g, const T* dout, const T* gw, const T* gmean,
+                                    const T* q, const T* k, const T* v, const bool* mask, T scale,
+                                    const T* lse, T* dq, T* dk, int64_t dks0, int64_t dks1,
+                                    int64_t dks2, T* dv, int64_t dvs0, int64_t dvs1, int64_t dvs2,
+                                    int64_t begin, int64_t end) {
+  std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
+  std::vector<int32_t> keys(g.L);
+  for (int64_t bh = begin; bh < end; ++bh)
+    attn_bwd_task<T, VB>(g, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0, dks1, dks2,
+                         dv, dvs0, dvs1, dvs2, bh, P, dS, keys);
+}
+
+// Each entry point compiled for AVX-512 (64-byte vectors), AVX2+FMA (32) and the baseline (16);
+// picked at run time from the CPU's features.
+#define REIDKERN_ATTN_ISA(ATTR, SUFFIX, VB)                                                     \
+  template <typename T, typename... Args>                                                     \
+  ATTR void attn_fwd_##SUFFIX(Args... args) {                                                 \
+    attn_fwd_range<T, VB>(args...);                                                           \
+  }                                                                                           \
+  template <typename T, typename... Args>                                                     \
+  ATTR void attn_bwd_##SUFFIX(Args... args) {                                                 \
+    attn_bwd_range<T, VB>(args...);                                                           \
+  }
+#if REIDKERN_X86
+REIDKERN_ATTN_ISA(REIDKERN_TARGET_AVX512, avx512, 64)
+REIDKERN_ATTN_ISA(REIDKERN_TARGET_AVX2, avx2, 32)
+#endif
+REIDKERN_ATTN_ISA(, base, 16)
+
+template <typename T, typename... Args>
+void attn_fwd(Args... args) {
+  switch (cpu_isa()) {
+#if REIDKERN_X86
+    case Isa::Avx512: return attn_fwd_avx512<T>(args...);
+    case Isa::Avx2: return attn_fwd_avx2<T>(args...);
+#endif
+    default: return attn_fwd_base<T>(args...);
+  }
+}
+template <typename T, typename... Args>
+void attn_bwd(Args... args) {
+  switch (cpu_isa()) {
+#if REIDKERN_X86
+    case Isa::Avx512: return attn_bwd_avx512<T>(args...);
+    case Isa::Avx2: return attn_bwd_avx2<T>(args...);
+#endif
+    default: return attn_bwd_base<T>(args...);
+  }
+}
+
+AttnGeom check_geometry(const Tensor& q, const Tensor& k, const Tensor& v,
+                        const std::optional<Tensor>& mask) {
+  check_dim(q, 4, "q");
+  check_dim(k, 4, "k");
+  check_dim(v, 4, "v");
+  check_floating(q, "q");
+  STD_TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+                  "q, k and v must have the same dtype");
+  AttnGeom g{};
+  g.B = k.size(0);
+  g.H = k.size(1);
+  g.L = k.size(2);
+  g.D = k.size(3);
+  g.Nq = q.size(2);
+  STD_TORCH_CHECK(q.size(0) == g.B || q.size(0) == 1, "q must have batch 1 or B");
+  STD_TORCH_CHECK(q.size(1) == g.H && q.size(3) == g.D, "q must be [B or 1, H, Nq, D]");
+  STD_TORCH_CHECK(v.size(0) == g.B && v.size(1) == g.H && v.size(2) == g.L && v.size(3) == g.D,
+                  "v must have k's shape [B, H, L, D]");
+  STD_TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
+                  "q, k, v must have unit stride on the head dimension");
+  g.q_bcast = q.size(0) == 1 && g.B != 1;
+  g.qs0 = q.stride(0); g.qs1 = q.stride(1); g.qs2 = q.stride(2);
+  g.ks0 = k.stride(0); g.ks1 = k.stride(1); g.ks2 = k.stride(2);
+  g.vs0 = v.stride(0); g.vs1 = v.stride(1); g.vs2 = v.stride(2);
+  if (mask.has_value()) {
+    check_dim(*mask, 2, "key_padding_mask");
+    check_dtype(*mask, ScalarType::Bool, "key_padding_mask");
+    STD_TORCH_CHECK(mask->size(0) == g.B && mask->size(1) == g.L && mask->is_contiguous(),
+                    "key_padding_mask must be a contiguous [B, L] bool tensor");
+  }
+  return g;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cpu(
+    const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask,
+    double scale, bool return_weights) {
+  const AttnGeom g = check_geometry(q, k, v, mask);
+  const auto st = q.scalar_type();
+  const auto dev = q.device();
+  auto out = torch::stable::empty({g.B, g.H, g.Nq, g.D}, st, std::nullopt, dev);
+  auto lse = torch::stable::empty({g.B, g.H, g.Nq}, st, std::nullopt, dev);
+  auto mean = torch::stable::empty({g.B, g.H, g.Nq}, st, std::nullopt, dev);
+  auto weights = return_weights
+                     ? torch::stable::empty({g.B, g.H, g.Nq, g.L}, st, std::nullopt, dev)
+                     : torch::stable::empty({0}, st, std::nullopt, dev);
+  const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  REIDKERN_DISPATCH_FLOATING(q, "template_attention_fwd", [&] {
+    const scalar_t* qp = static_cast<const scalar_t*>(q.const_data_ptr());
+    const scalar_t* kp = static_cast<const scalar_t*>(k.const_data_ptr());
+    const scalar_t* vp = static_cast<const scalar_t*>(v.const_data_ptr());
+    scalar_t* op = static_cast<scalar_t*>(out.mutable_data_ptr());
+    scalar_t* lp = static_cast<scalar_t*>(lse.mutable_data_ptr());
+    scalar_t* mp = static_cast<scalar_t*>(mean.mutable_data_ptr());
+    scalar_t* wp = return_weights ? static_cast<scalar_t*>(weights.mutable_data_ptr()) : nullptr;
+    torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
+      attn_fwd<scalar_t>(g, qp, kp, vp, m, scalar_t(scale), op, lp, mp, wp, begin, end);
+    });
+  });
+  return {out, lse, mean, weights};
+}
+
+std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
+    const Tensor& grad_out, const std::optional<Tensor>& grad_weights,
+    const std::optional<Tensor>& grad_mean, const Tensor& q, const Tensor& k, const Tensor& v,
+    const std::optional<Tensor>& mask, const Tensor& lse, double scale) {
+  const AttnGeom g = check_geometry(q, k, v, mask);
+  const auto st = q.scalar_type();
+  const auto dev = q.device();
+  STD_TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == st && grad_out.dim() == 4 &&
+                      grad_out.size(0) == g.B && grad_out.size(2) == g.Nq,
+                  "grad_out must be a contiguous [B, H, Nq, D] tensor of q's dtype");
+  STD_TORCH_CHECK(lse.is_contiguous() && lse.scalar_type() == st && lse.numel() == g.B * g.H * g.Nq,
+                  "lse must be a contiguous [B, H, Nq] tensor");
+  if (grad_weights.has_value())
+    STD_TORCH_CHECK(grad_weights->is_contiguous() && grad_weights->scalar_type() == st &&
+                        grad_weights->numel() == g.B * g.H * g.Nq * g.L,
+                    "grad_weights must be a contiguous [B, H, Nq, L] tensor");
+  if (grad_mean.has_value())
+    STD_TORCH_CHECK(grad_mean->is_contiguous() && grad_mean->scalar_type() == st &&
+                        grad_mean->numel() == g.B * g.H * g.Nq,
+                    "grad_mean_logit must be a contiguous [B, H, Nq] tensor");
+  // dq per (b, h); the caller sums over b when q was broadcast. dk, dv keep k's and v's layout.
+  auto dq = torch::stable::empty({g.B, g.H, g.Nq, g.D}, st, std::nullopt, dev);
+  auto dk = torch::stable::empty_like(k);
+  auto dv = torch::stable::empty_like(v);
+  STD_TORCH_CHECK(dk.stride(3) == 1 && dv.stride(3) == 1, "unexpected gradient layout");
+  const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  REIDKERN_DISPATCH_FLOATING(q, "template_attention_bwd", [&] {
+    using T = scalar_t;
+    const T* gop = static_cast<const T*>(grad_out.const_data_ptr());
+    const T* gwp = grad_weights.has_value() ? static_cast<const T*>(grad_weights->const_data_ptr()) : nullptr;
+    const T* gmp = grad_mean.has_value() ? static_cast<const T*>(grad_mean->const_data_ptr()) : nullptr;
+    const T* qp = static_cast<const T*>(q.const_data_ptr());
+    const T* kp = static_cast<const T*>(k.const_data_ptr());
+    const T* vp = static_cast<const T*>(v.const_data_ptr());
+    const T* lp = static_cast<const T*>(lse.const_data_ptr());
+    T* dqp = static_cast<T*>(dq.mutable_data_ptr());
+    T* dkp = static_cast<T*>(dk.mutable_data_ptr());
+    T* dvp = static_cast<T*>(dv.mutable_data_ptr());
+    const int64_t a0 = dk.stride(0), a1 = dk.stride(1), a2 = dk.stride(2);
+    const int64_t c0 = dv.stride(0), c1 = dv.stride(1), c2 = dv.stride(2);
+    torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
+      attn_bwd<T>(g, gop, gwp, gmp, qp, kp, vp, m, T(scale), lp, dqp, dkp, a0, a1, a2, dvp, c0, c1,
+                  c2, begin, end);
+    });
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(reidkern, CPU, m) {
+  m.impl("template_attention_fwd", TORCH_BOX(&template_attention_fwd_cpu));
+  m.impl("template_attention_bwd", TORCH_BOX(&template_attention_bwd_cpu));
+}
+
+}  // namespace reidkern

@@ -1,0 +1,156 @@
+"""Op ``reidkern::template_attention``: a few learned queries cross-attending over image/word tokens.
+
+Part templates (DPTI), dictionary atoms and prototypes (LGUR), part queries (CAL): Nq = 1–32
+queries over L <= 512 keys, head dim up to 512. The kernels fuse logits, softmax and the weighted
+sum per (batch, head), save only the log-sum-exp per query row, and recompute the probabilities in
+a fused backward (csrc/cpu/template_attention.cpp, csrc/cuda/template_attention.cu,
+reidkern/triton/template_attention.py; oracle in reidkern/ops/reference/template_attention.py).
+"""
+import math
+
+import torch
+
+from reidkern._library import native_available
+from reidkern.ops._backend import resolve_backend
+from reidkern.ops.reference.template_attention import template_attention_reference
+
+_OP = "template_attention"
+
+if native_available():
+    @torch.library.register_fake("reidkern::template_attention_fwd")
+    def _(q, k, v, key_padding_mask, scale, return_weights):
+        B, H, L, D = k.shape
+        Nq = q.shape[2]
+        weights = q.new_empty(B, H, Nq, L) if return_weights else q.new_empty(0)
+        return q.new_empty(B, H, Nq, D), q.new_empty(B, H, Nq), q.new_empty(B, H, Nq), weights
+
+    @torch.library.register_fake("reidkern::template_attention_bwd")
+    def _(grad_out, grad_weights, grad_mean_logit, q, k, v, key_padding_mask, lse, scale):
+        B, H, L, D = k.shape
+        return q.new_empty(B, H, q.shape[2], D), torch.empty_like(k), torch.empty_like(v)
+
+    def _setup_context(ctx, inputs, output):
+        q, k, v, key_padding_mask, scale, return_weights = inputs
+        _, lse, _, _ = output
+        ctx.save_for_backward(q, k, v, key_padding_mask, lse)
+        ctx.scale = scale
+        ctx.return_weights = return_weights
+
+    def _backward(ctx, grad_out, grad_lse, grad_mean, grad_weights):
+        q, k, v, key_padding_mask, lse = ctx.saved_tensors
+        B, H, L, D = k.shape
+        if grad_out is None:
+            grad_out = q.new_zeros(B, H, q.shape[2], D)
+        grad_weights = grad_weights.contiguous() if (ctx.return_weights and grad_weights is not None) else None
+        grad_mean = grad_mean.contiguous() if grad_mean is not None else None
+        dq, dk, dv = torch.ops.reidkern.template_attention_bwd(
+            grad_out.contiguous(), grad_weights, grad_mean, q, k, v, key_padding_mask, lse, ctx.scale)
+        if q.shape[0] != B:
+            dq = dq.sum(dim=0, keepdim=True)
+        return dq, dk, dv, None, None, None
+
+    torch.library.register_autograd("reidkern::template_attention_fwd", _backward,
+                                    setup_context=_setup_context)
+
+
+def _validate(q, k, v, key_padding_mask, scale):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if q.dim() != 4:
+        raise ValueError(f"q must be 4-D [B or 1, H, Nq, D], got shape {tuple(q.shape)}")
+    if k.dim() != 4:
+        raise ValueError(f"k must be 4-D [B, H, L, D], got shape {tuple(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have k's shape [B, H, L, D] = {tuple(k.shape)}, got {tuple(v.shape)}")
+    B, H, L, D = k.shape
+    if q.shape[0] not in (1, B) or q.shape[1] != H or q.shape[3] != D:
+        raise ValueError(f"q must be [B or 1, H, Nq, D] = [{B} or 1, {H}, Nq, {D}] to match k, "
+                         f"got {tuple(q.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k and v must be on the same device, got {q.device}, {k.device}, {v.device}")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor):
+            raise TypeError("key_padding_mask must be a bool tensor [B, L] or None")
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError(f"key_padding_mask must have dtype torch.bool (True = padding), "
+                            f"got {key_padding_mask.dtype}")
+        if tuple(key_padding_mask.shape) != (B, L):
+            raise ValueError(f"key_padding_mask must be [B, L] = [{B}, {L}], "
+                             f"got {tuple(key_padding_mask.shape)}")
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask must be on {q.device}, got {key_padding_mask.device}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a Python number or None, got {type(scale).__name__}")
+    return float(scale)
+
+
+def _unit_last(t):
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weights=False,
+                       return_mean_logit=False, backend=None):
+    """Cross-attention of a few learned queries over tokens, fused forward and backward.
+
+    ``out[b, h, i] = sum_j softmax_j(scale * q[b, h, i] . k[b, h, j]) v[b, h, j]`` over the keys
+    not marked as padding — DPTI's part templates (Eq. 5–6, use ``scale=1.0``), LGUR's dictionary
+    and prototype attention, CAL's TSAA spatial attention.
+
+    Args:
+        q: [B, H, Nq, D] or [1, H, Nq, D] queries; batch 1 (learned queries) is broadcast without
+            a copy and its gradient is summed over the batch. Nq is typically 1–32.
+        k, v: [B, H, L, D] keys and values (L up to a few hundred, D up to 512). Any strides with
+            a unit stride on D (e.g. ``x.view(B, L, H, D).transpose(1, 2)``) are used in place.
+        key_padding_mask: optional [B, L] bool, True = padding (ignored), as in
+            ``nn.MultiheadAttention``. A query whose keys are all padding gets zeros (not NaN) and
+            zero gradients.
+        scale: logit scale, default ``1/sqrt(D)``.
+        return_weights: also return the attention weights [B, H, Nq, L] (differentiable).
+        return_mean_logit: also return the mean scaled logit over the valid keys per query
+            [B, H, Nq] (differentiable; DPTI's mean of γ_i, Eq. 5, for its part-presence weights).
+        backend: "cpp", "cuda", "triton" or "reference" (see reidkern.ops._backend).
+
+    Returns:
+        ``out`` [B, H, Nq, D] when neither extra is asked for; otherwise a tuple ``(out,
+        weights)``, ``(out, mean_logit)`` or ``(out, weights, mean_logit)``. float32/float64 in the
+        inputs' dtype (float16/bfloat16 are computed in float32 and cast back).
+
+    Raises:
+        TypeError: non-tensor or non-floating q/k/v, mismatched dtypes, a non-bool mask, a
+            non-numeric scale.
+        ValueError: wrong shapes (q not [B or 1, H, Nq, D] matching k, v not k's shape, mask not
+            [B, L]), mismatched devices, an unknown backend.
+    """
+    scale = _validate(q, k, v, key_padding_mask, scale)
+    choice = resolve_backend(_OP, q.device, backend)
+    in_dtype = q.dtype
+    if in_dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    if choice in ("cpp", "cuda", "triton"):
+        q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+        mask = key_padding_mask.contiguous() if key_padding_mask is not None else None
+        if choice == "triton":
+            from reidkern.triton.template_attention import template_attention_triton
+            out, _, mean_logit, weights = template_attention_triton(q, k, v, mask, scale, return_weights)
+        else:
+            out, _, mean_logit, weights = torch.ops.reidkern.template_attention_fwd(
+                q, k, v, mask, scale, bool(return_weights))
+    else:
+        out, weights, mean_logit = template_attention_reference(q, k, v, key_padding_mask, scale)
+    if in_dtype != out.dtype:
+        out, weights, mean_logit = out.to(in_dtype), weights.to(in_dtype), mean_logit.to(in_dtype)
+    if not return_weights and not return_mean_logit:
+        return out
+    res = (out,)
+    if return_weights:
+        res += (weights,)
+    if return_mean_logit:
+        res += (mean_logit,)
+    return res

@@ -1,0 +1,130 @@
+"""Op ``reidkern::topk_token_aggregate``: per-part top-k token selection and score-weighted mean.
+
+CAL's discriminative region mining (P = Ŝᵀ T / Σ Ŝ) in one fused forward and one fused backward
+instead of topk + gather + scatter + matmul (csrc/cpu/topk_token_aggregate.cpp,
+csrc/cuda/topk_token_aggregate.cu, reidkern/triton/topk_token_aggregate.py; oracle in
+reidkern/ops/reference/topk_token_aggregate.py).
+"""
+import math
+
+import torch
+
+from reidkern._library import native_available
+from reidkern.ops._backend import resolve_backend
+from reidkern.ops.reference.topk_token_aggregate import topk_token_aggregate_reference
+
+_OP = "topk_token_aggregate"
+
+if native_available():
+    @torch.library.register_fake("reidkern::topk_token_aggregate_fwd")
+    def _(scores, tokens, k):
+        B, L, Np = scores.shape
+        return (scores.new_empty(B, Np, tokens.shape[2]),
+                scores.new_empty(B, Np, k, dtype=torch.int64), scores.new_empty(B, L, Np))
+
+    @torch.library.register_fake("reidkern::topk_token_aggregate_bwd")
+    def _(grad_parts, grad_selected, scores, tokens, indices):
+        return scores.new_empty(scores.shape), torch.empty_like(tokens)
+
+    def _setup_context(ctx, inputs, output):
+        scores, tokens, k = inputs
+        _, indices, _ = output
+        ctx.save_for_backward(scores, tokens, indices)
+        ctx.mark_non_differentiable(indices)
+
+    def _backward(ctx, grad_parts, grad_indices, grad_selected):
+        scores, tokens, indices = ctx.saved_tensors
+        if grad_parts is None:
+            grad_parts = scores.new_zeros(scores.shape[0], scores.shape[2], tokens.shape[2])
+        grad_selected = grad_selected.contiguous() if grad_selected is not None else None
+        dscores, dtokens = torch.ops.reidkern.topk_token_aggregate_bwd(
+            grad_parts.contiguous(), grad_selected, scores, tokens, indices)
+        return dscores, dtokens, None
+
+    torch.library.register_autograd("reidkern::topk_token_aggregate_fwd", _backward,
+                                    setup_context=_setup_context)
+
+
+def resolve_k(L, Np, k=None, alpha=None):
+    """Tokens kept per part: ``k`` itself, or CAL's ``N_k = ceil(alpha * L / Np)``."""
+    if (k is None) == (alpha is None):
+        raise ValueError("give exactly one of k or alpha")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        k = math.ceil(alpha * L / Np)
+        if k > L:
+            raise ValueError(f"alpha={alpha} gives k = ceil(alpha*L/Np) = {k} > L = {L}")
+        return max(int(k), 1)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1 or k > L:
+        raise ValueError(f"k must be in [1, L] = [1, {L}], got {k}")
+    return k
+
+
+def _validate(scores, tokens):
+    for name, t in (("scores", scores), ("tokens", tokens)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be 3-D [B, L, Np], got shape {tuple(scores.shape)}")
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must be 3-D [B, L, C], got shape {tuple(tokens.shape)}")
+    if tokens.shape[:2] != scores.shape[:2]:
+        raise ValueError(f"tokens must be [B, L, C] with scores' B, L = {tuple(scores.shape[:2])}, "
+                         f"got {tuple(tokens.shape)}")
+    if tokens.dtype != scores.dtype:
+        raise TypeError(f"scores and tokens must have the same dtype, got {scores.dtype} and {tokens.dtype}")
+    if tokens.device != scores.device:
+        raise ValueError(f"scores and tokens must be on the same device, got {scores.device} and {tokens.device}")
+    if scores.shape[1] == 0 or scores.shape[2] == 0:
+        raise ValueError(f"scores must have L >= 1 tokens and Np >= 1 parts, got {tuple(scores.shape)}")
+
+
+def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
+    """Per part, the score-weighted mean of its k highest-scoring tokens (CAL DRM, fused).
+
+    ``P[b, p] = Σ_{l ∈ top-k(S[b, :, p])} S[b, l, p] T[b, l] / Σ_{l ∈ top-k} S[b, l, p]``, i.e.
+    P = Ŝᵀ T / Σ Ŝ with Ŝ = top-k(S, N_k) (CAL, Sec. "token selection and aggregation").
+
+    Args:
+        scores: [B, L, Np] part scores of each token (CAL: softmax over the Np parts), float.
+        tokens: [B, L, C] token features (flattened feature map), same dtype and device.
+        k: tokens kept per part (1 <= k <= L); or
+        alpha: CAL's selection ratio, k = ceil(alpha * L / Np). Give exactly one of k and alpha.
+        backend: "cpp", "cuda", "triton" or "reference".
+
+    Returns:
+        ``(parts, indices, selected)``: parts [B, Np, C] (differentiable w.r.t. scores and tokens);
+        indices [B, Np, k] int64, by decreasing score, ties to the lowest token index; selected =
+        Ŝ [B, L, Np], the scores where kept and 0 elsewhere (differentiable; CAL's diversity loss
+        uses triu(ŜᵀŜ, 1)). A part whose kept scores sum to 0 gets P = 0.
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, mismatched dtypes, non-int k.
+        ValueError: wrong shapes, mismatched devices, k outside [1, L], both/neither of k and
+            alpha given, a bad alpha.
+    """
+    _validate(scores, tokens)
+    B, L, Np = scores.shape
+    k = resolve_k(L, Np, k, alpha)
+    choice = resolve_backend(_OP, scores.device, backend)
+    in_dtype = scores.dtype
+    if in_dtype in (torch.float16, torch.bfloat16):
+        scores, tokens = scores.float(), tokens.float()
+    if choice in ("cpp", "cuda", "triton"):
+        if tokens.stride(-1) != 1 and tokens.shape[-1] > 1:
+            tokens = tokens.contiguous()
+        if choice == "triton":
+            from reidkern.triton.topk_token_aggregate import topk_token_aggregate_triton
+            parts, indices, selected = topk_token_aggregate_triton(scores, tokens, k)
+        else:
+            parts, indices, selected = torch.ops.reidkern.topk_token_aggregate_fwd(scores, tokens, k)
+    else:
+        parts, indices, selected = topk_token_aggregate_reference(scores, tokens, k)
+    if parts.dtype != in_dtype:
+        parts, selected = parts.to(in_dtype), selected.to(in_dtype)
+    return parts, indices, selected

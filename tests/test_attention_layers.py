@@ -1,0 +1,144 @@
+"""reidkern.nn attention layers: fused ops vs the float64 eager reference, torch.compile, names."""
+import copy
+
+import pytest
+import torch
+
+import reidkern
+from reidkern.nn import (DictionaryCrossAttention, PartTemplateInit, PrototypeUnification,
+                         TargetAwareAttention, TemplateCrossAttention, TopKTokenAggregation)
+from reidkern.testing import assert_close
+
+NATIVE = reidkern.build_info()["native"]
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def cases():
+    g = _g(0)
+    B = 2
+    tok = lambda L, C: torch.randn(B, L, C, generator=g)
+    mask = torch.rand(B, 11, generator=g) < 0.3
+    return [
+        ("cross", lambda: TemplateCrossAttention(32, num_heads=4, ffn_dim=48),
+         lambda: (torch.randn(5, 32, generator=g), tok(11, 32)), dict(key_padding_mask=mask)),
+        ("cross_batched_q", lambda: TemplateCrossAttention(16, num_heads=2, head_dim=24, context_dim=12,
+                                                           shared_norm=False, qkv_bias=True),
+         lambda: (tok(3, 16), tok(11, 12)), {}),
+        ("dpti", lambda: PartTemplateInit(24, num_parts=4), lambda: (tok(13, 24),), {}),
+        ("dga", lambda: DictionaryCrossAttention(dim=24, num_atoms=17, num_heads=2, head_dim=8, ffn_dim=32),
+         lambda: (tok(9, 24),), dict(foreground=True)),
+        ("dga_context", lambda: DictionaryCrossAttention(dim=24, num_atoms=17, num_heads=2, head_dim=8, ffn_dim=32),
+         lambda: (tok(9, 24), ), dict(context=tok(11, 24), context_padding_mask=mask)),
+        ("pgu", lambda: PrototypeUnification(dim=24, num_prototypes=3, num_layers=2, num_heads=2,
+                                             head_dim=40, ffn_dim=32, out_dim=20),
+         lambda: (tok(11, 24),), dict(key_padding_mask=mask)),
+        ("drm", lambda: TopKTokenAggregation(in_channels=16, num_parts=3, alpha=0.7, reduced_channels=8),
+         lambda: (torch.randn(B, 16, 6, 3, generator=g),), {}),
+        ("tsaa", lambda: TargetAwareAttention(dim=16, attn_dim=8, hidden_dim=12),
+         lambda: (tok(11, 16), tok(3, 16)), dict(key_padding_mask=mask)),
+    ]
+
+
+CASES = cases()
+
+
+def _run(module, inputs, kwargs):
+    out = module(*inputs, **kwargs)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _set_backend(module, backend):
+    for m in module.modules():
+        if hasattr(m, "backend"):
+            m.backend = backend
+
+
+@pytest.mark.parametrize("name,make,inputs,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_layer_matches_float64_reference(name, make, inputs, kwargs):
+    torch.manual_seed(1)
+    layer = make()
+    args = inputs()
+    ref = copy.deepcopy(layer).double()
+    _set_backend(ref, "reference")
+    args64 = [a.double().requires_grad_() for a in args]
+    kw64 = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kwargs.items()}
+    args32 = [a.detach().requires_grad_() for a in args]
+    outs = _run(layer, args32, kwargs)
+    refs = _run(ref, args64, kw64)
+    g = _g(9)
+    weights = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in refs]
+    for o, r in zip(outs, refs):
+        assert_close(o, r, rtol=2e-4, atol=2e-5)
+    loss = sum((o * w.float()).sum() for o, w in zip(outs, weights) if o.is_floating_point())
+    loss_ref = sum((r * w).sum() for r, w in zip(refs, weights) if r.is_floating_point())
+    grads = torch.autograd.grad(loss, args32 + list(layer.parameters()), allow_unused=True)
+    grads_ref = torch.autograd.grad(loss_ref, args64 + list(ref.parameters()), allow_unused=True)
+    for a, b in zip(grads, grads_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close(a, b, rtol=5e-4, atol=5e-5)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+@pytest.mark.parametrize("name,make,inputs,kwargs", CASES, ids=[c[0] for c in CASES])
+def test_layer_compiles_fullgraph(name, make, inputs, kwargs):
+    torch.manual_seed(2)
+    layer = make()
+    args = inputs()
+    expected = _run(layer, args, kwargs)
+    torch._dynamo.reset()  # fresh cache: the layers share forward code objects
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    got = _run(compiled, args, kwargs)
+    for o, r in zip(got, expected):
+        assert_close(o, r)
+    sum(o.float().sum() for o in got if o.is_floating_point()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def test_state_dict_names():
+    names = set(TemplateCrossAttention(32, num_heads=4, ffn_dim=64).state_dict())
+    assert {"norm.weight", "to_q.weight", "to_k.weight", "to_v.weight", "to_out.weight", "to_out.bias",
+            "ffn_norm.weight", "ffn.0.weight", "ffn.3.weight"} <= names
+    assert "to_q.bias" not in names  # bias-free q/k/v by default (LGUR)
+    pgu = PrototypeUnification()
+    sd = pgu.state_dict()
+    assert sd["prototypes"].shape == (6, 384)
+    assert sd["layers.1.to_q.weight"].shape == (6 * 512, 384)
+    assert sd["projections.5.weight"].shape == (512, 384) and "projections.5.bias" not in sd
+    assert sd["layers.0.ffn.0.weight"].shape == (512, 384)
+    dga = DictionaryCrossAttention().state_dict()
+    assert dga["dictionary"].shape == (400, 384) and dga["attn.to_k.weight"].shape == (384, 384)
+    assert dga["attn.ffn.0.weight"].shape == (768, 384)
+    assert set(PartTemplateInit(64, 6).state_dict()) == {"part_queries", "to_v.weight"}
+
+
+def test_dpti_part_presence_and_cal_diversity():
+    torch.manual_seed(3)
+    layer = PartTemplateInit(16, num_parts=5)
+    tokens = torch.randn(3, 12, 16)
+    templates, rho = layer(tokens)
+    assert templates.shape == (3, 5, 16)
+    assert_close(rho.sum(-1), torch.ones(3))
+    gamma = tokens @ layer.part_queries.t()  # Eq. 5, [B, L, N]
+    assert_close(rho, torch.softmax(gamma.mean(1), dim=-1), rtol=1e-5, atol=1e-6)
+    drm = TopKTokenAggregation(in_channels=8, num_parts=3, alpha=0.5, reduced_channels=4)
+    parts, scores, sel = drm(torch.randn(2, 8, 6, 3))
+    assert parts.shape == (2, 3, 8) and scores.shape == (2, 18, 3) and sel.shape == (2, 18, 3)
+    assert ((sel != 0).sum(1) == 3).all()  # ceil(0.5 * 18 / 3) tokens per part
+    gram = sel.transpose(1, 2) @ sel
+    assert_close(drm.diversity_loss(sel), torch.triu(gram, 1).sum((1, 2)).mean())
+
+
+def test_layer_bad_input():
+    with pytest.raises(ValueError, match="query"):
+        TemplateCrossAttention(8, num_heads=2)(torch.randn(8), torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        TemplateCrossAttention(8, num_heads=2)(torch.randn(2, 4, 8), torch.randn(2, 3, 8),
+                                               key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="tokens"):
+        PartTemplateInit(8)(torch.randn(2, 3, 7))
+    with pytest.raises(ValueError, match="shared_norm"):
+        TemplateCrossAttention(8, num_heads=2, context_dim=4)

@@ -1,0 +1,190 @@
+"""template_attention: every backend against the float64 eager reference, values and gradients."""
+import pytest
+import torch
+
+import reidkern
+from reidkern.ops import template_attention
+from reidkern.ops.reference.template_attention import template_attention_reference
+from reidkern.testing import assert_close, backends_for, opcheck
+
+BACKENDS = backends_for("cpu")
+NATIVE = reidkern.build_info()["native"]
+
+
+def make(B, H, Nq, L, D, q_batch1=False, dtype=torch.float32, seed=0, transposed_kv=False):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1 if q_batch1 else B, H, Nq, D, generator=g, dtype=torch.float64)
+    if transposed_kv:  # [B, L, H, D] projections viewed as [B, H, L, D]: non-contiguous
+        k = torch.randn(B, L, H, D, generator=g, dtype=torch.float64).transpose(1, 2)
+        v = torch.randn(B, L, H, D, generator=g, dtype=torch.float64).transpose(1, 2)
+    else:
+        k = torch.randn(B, H, L, D, generator=g, dtype=torch.float64)
+        v = torch.randn(B, H, L, D, generator=g, dtype=torch.float64)
+    return [t.to(dtype).requires_grad_() for t in (q, k, v)]
+
+
+def make_mask(B, L, seed=0, full_row=None):
+    g = torch.Generator().manual_seed(seed + 7)
+    mask = torch.rand(B, L, generator=g) < 0.35
+    if full_row is not None:
+        mask[full_row] = True
+    return mask
+
+
+def check(backend, q, k, v, mask=None, scale=None):
+    out, w, mean = template_attention(q, k, v, mask, scale=scale, return_weights=True,
+                                      return_mean_logit=True, backend=backend)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ro, rw, rm = template_attention_reference(q64, k64, v64, mask, scale)
+    dt = q.dtype
+    assert out.dtype == dt and out.shape == ro.shape
+    assert_close(out, ro, dtype=dt)
+    assert_close(w, rw, dtype=dt)
+    assert_close(mean, rm, dtype=dt)
+    g = torch.Generator().manual_seed(5)
+    go, gw, gm = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (ro, rw, rm))
+    grads = torch.autograd.grad((out * go.to(dt)).sum() + (w * gw.to(dt)).sum() + (mean * gm.to(dt)).sum(),
+                                (q, k, v))
+    ref = torch.autograd.grad((ro * go).sum() + (rw * gw).sum() + (rm * gm).sum(), (q64, k64, v64))
+    rtol = 1e-10 if dt == torch.float64 else 2e-5
+    atol = 1e-11 if dt == torch.float64 else 2e-5
+    for name, a, b in zip("qkv", grads, ref):
+        assert a.shape == b.shape, name
+        assert_close(a, b, rtol=rtol, atol=atol, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [
+    (2, 3, 6, 37, 19, True),    # odd sizes, learned queries broadcast over the batch
+    (3, 2, 1, 1, 1, False),     # single key, single query, D = 1
+    (2, 1, 5, 70, 33, False),   # several key tiles
+])
+def test_matches_reference(backend, dtype, shape):
+    *dims, q1 = shape
+    q, k, v = make(*dims, q_batch1=q1, dtype=dtype, seed=sum(dims))
+    check(backend, q, k, v)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masks_and_fully_padded_rows(backend):
+    q, k, v = make(3, 2, 4, 29, 16, q_batch1=True, dtype=torch.float64, seed=3)
+    mask = make_mask(3, 29, full_row=1)
+    check(backend, q, k, v, mask)
+    out, w = template_attention(q, k, v, mask, return_weights=True, backend=backend)
+    assert torch.isfinite(out).all() and torch.isfinite(w).all()
+    assert (out[1] == 0).all() and (w[1] == 0).all()
+    assert (w.masked_select(mask[:, None, None, :].expand_as(w)) == 0).all()
+    dq, dk, dv = torch.autograd.grad(out.sum(), (q, k, v))
+    assert (dk[1] == 0).all() and (dv[1] == 0).all()
+    assert torch.isfinite(dq).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_and_scale(backend):
+    q, k, v = make(2, 3, 3, 21, 8, dtype=torch.float64, seed=11, transposed_kv=True)
+    assert not k.is_contiguous()
+    check(backend, q, k, v, scale=1.0)  # DPTI Eq. 5-6: unscaled logits
+    # gradients come back in the inputs' layout
+    dk = torch.autograd.grad(template_attention(q, k, v, backend=backend).sum(), k)[0]
+    assert dk.shape == k.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_head_dim_and_many_queries(backend):
+    if backend == "triton":
+        pytest.skip("covered by the small Triton shapes: the interpreter is slow")
+    q, k, v = make(2, 2, 32, 100, 512, q_batch1=True, seed=2)
+    check(backend, q, k, v, make_mask(2, 100))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_gradcheck(backend):
+    q, k, v = make(2, 2, 3, 7, 5, q_batch1=True, dtype=torch.float64, seed=4)
+    mask = make_mask(2, 7)
+    fn = lambda q, k, v: template_attention(q, k, v, mask, return_weights=True, return_mean_logit=True,
+                                            backend=backend)
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_return_forms_and_half_precision():
+    q, k, v = make(2, 2, 3, 9, 8)
+    out = template_attention(q, k, v)
+    assert isinstance(out, torch.Tensor)
+    out2, mean = template_attention(q, k, v, return_mean_logit=True)
+    assert mean.shape == (2, 2, 3)
+    assert_close(out, out2)
+    qh, kh, vh = (t.detach().bfloat16() for t in (q, k, v))
+    oh = template_attention(qh, kh, vh)
+    assert oh.dtype == torch.bfloat16
+    assert_close(oh, template_attention_reference(q.double(), k.double(), v.double())[0], dtype=torch.bfloat16)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+def test_opcheck():
+    q, k, v = make(2, 2, 3, 9, 8, q_batch1=True)
+    mask = make_mask(2, 9)
+    opcheck(torch.ops.reidkern.template_attention_fwd.default, (q, k, v, mask, 0.3, True))
+    opcheck(torch.ops.reidkern.template_attention_fwd.default, (q, k, v, None, 0.3, False))
+    q2, k2, v2 = make(2, 2, 3, 9, 8)
+    opcheck(torch.ops.reidkern.template_attention_fwd.default, (q2, k2, v2, None, 1.0, True))
+    out, lse, mean, w = torch.ops.reidkern.template_attention_fwd(q2, k2, v2, mask, 0.3, True)
+    args = (torch.randn_like(out), torch.randn_like(w), torch.randn_like(mean),
+            q2.detach(), k2.detach(), v2.detach(), mask, lse.detach(), 0.3)
+    opcheck(torch.ops.reidkern.template_attention_bwd.default, args)
+
+
+def test_opcheck_triton():
+    if "triton" not in BACKENDS:
+        pytest.skip("triton not usable here")
+    from reidkern.triton.template_attention import template_attention_triton_fwd  # noqa: F401
+    q, k, v = make(2, 1, 2, 5, 4, q_batch1=True)
+    # Under TRITON_INTERPRET the kernel cannot run on fake tensors (the interpreter reads their
+    # storage), so on CPU the fake-tensor checks are left to CUDA runs.
+    utils = None if torch.cuda.is_available() else ("test_schema", "test_autograd_registration")
+    opcheck(torch.ops.reidkern.template_attention_triton_fwd.default, (q, k, v, make_mask(2, 5), 0.5, True),
+            **({} if utils is None else {"test_utils": utils}))
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+def test_torch_compile_fullgraph():
+    q, k, v = make(2, 2, 3, 9, 8, q_batch1=True)
+    mask = make_mask(2, 9)
+    fn = torch.compile(lambda q, k, v: template_attention(q, k, v, mask, return_mean_logit=True),
+                       fullgraph=True, backend="aot_eager")
+    out, mean = fn(q, k, v)
+    ro, _, rm = template_attention_reference(q, k, v, mask)
+    assert_close(out, ro)
+    (out.sum() + mean.sum()).backward()
+    assert q.grad is not None and q.grad.shape == q.shape
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mutate,exc,match", [
+    (lambda q, k, v, m: (q[0], k, v, m), ValueError, "q must be 4-D"),
+    (lambda q, k, v, m: (q, k[0], v, m), ValueError, "k must be 4-D"),
+    (lambda q, k, v, m: (q, k, v[:, :, :-1], m), ValueError, "v must have k's shape"),
+    (lambda q, k, v, m: (q[..., :-1], k, v, m), ValueError, "q must be"),
+    (lambda q, k, v, m: (q.expand(3, -1, -1, -1)[:2].repeat(2, 1, 1, 1)[:3], k, v, m), ValueError, "q must be"),
+    (lambda q, k, v, m: (q.double(), k, v, m), TypeError, "same dtype"),
+    (lambda q, k, v, m: (q.long(), k, v, m), TypeError, "q must be a floating"),
+    (lambda q, k, v, m: (q.numpy(), k, v, m), TypeError, "q must be a torch.Tensor"),
+    (lambda q, k, v, m: (q, k, v, m[:, :-1]), ValueError, "key_padding_mask must be"),
+    (lambda q, k, v, m: (q, k, v, m.float()), TypeError, "key_padding_mask must have dtype"),
+    (lambda q, k, v, m: (q, k, v, m.to("meta")), ValueError, "key_padding_mask must be on"),
+    (lambda q, k, v, m: (q, k.to("meta"), v, m), ValueError, "same device"),
+])
+def test_bad_input_names_the_argument(mutate, exc, match):
+    q, k, v = (t.detach() for t in make(2, 2, 3, 9, 8, q_batch1=True))
+    args = mutate(q, k, v, make_mask(2, 9))
+    with pytest.raises(exc, match=match):
+        template_attention(*args)
+
+
+def test_bad_scale_and_backend():
+    q, k, v = make(2, 2, 3, 9, 8)
+    with pytest.raises(TypeError, match="scale"):
+        template_attention(q, k, v, scale="big")
+    with pytest.raises(ValueError, match="backend"):
+        template_attention(q, k, v, backend="cuda")

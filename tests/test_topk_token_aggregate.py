@@ -1,0 +1,137 @@
+"""topk_token_aggregate: every backend against the float64 eager reference, values and gradients."""
+import math
+
+import pytest
+import torch
+
+import reidkern
+from reidkern.ops import topk_token_aggregate
+from reidkern.ops.reference.topk_token_aggregate import topk_token_aggregate_reference
+from reidkern.testing import assert_close, backends_for, opcheck
+
+BACKENDS = backends_for("cpu")
+NATIVE = reidkern.build_info()["native"]
+
+
+def make(B, L, Np, C, dtype=torch.float32, seed=0, ties=False, softmax=True):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(B, L, Np, generator=g, dtype=torch.float64)
+    if ties:  # few distinct values: many exact ties, broken by the lowest token index
+        scores = torch.randint(0, 3, (B, L, Np), generator=g).double()
+    elif softmax:
+        scores = scores.softmax(dim=-1)
+    tokens = torch.randn(B, L, C, generator=g, dtype=torch.float64)
+    return scores.to(dtype).requires_grad_(), tokens.to(dtype).requires_grad_()
+
+
+def check(backend, scores, tokens, k):
+    parts, idx, sel = topk_token_aggregate(scores, tokens, k=k, backend=backend)
+    s64, t64 = (t.detach().double().requires_grad_() for t in (scores, tokens))
+    rp, ri, rs = topk_token_aggregate_reference(s64, t64, k)
+    dt = scores.dtype
+    assert parts.dtype == dt and idx.dtype == torch.int64 and idx.shape == ri.shape
+    assert torch.equal(idx, ri)
+    assert_close(parts, rp, dtype=dt)
+    assert_close(sel, rs, dtype=dt)
+    g = torch.Generator().manual_seed(3)
+    gp, gs = torch.randn(rp.shape, generator=g, dtype=torch.float64), torch.randn(rs.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((parts * gp.to(dt)).sum() + (sel * gs.to(dt)).sum(), (scores, tokens))
+    ref = torch.autograd.grad((rp * gp).sum() + (rs * gs).sum(), (s64, t64))
+    rtol = 1e-10 if dt == torch.float64 else 2e-5
+    atol = 1e-11 if dt == torch.float64 else 2e-5
+    for name, a, b in zip(("scores", "tokens"), grads, ref):
+        assert_close(a, b, rtol=rtol, atol=atol, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,k", [((2, 37, 5, 23), 7), ((3, 1, 1, 1), 1), ((2, 19, 6, 130), 19),
+                                     ((1, 50, 3, 9), 1)])
+def test_matches_reference(backend, dtype, shape, k):
+    check(backend, *make(*shape, dtype=dtype, seed=k), k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_take_the_lowest_index(backend):
+    scores, tokens = make(2, 41, 4, 11, dtype=torch.float64, ties=True, seed=1)
+    check(backend, scores, tokens, 9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs_and_zero_scores(backend):
+    scores, tokens = make(2, 33, 5, 17, dtype=torch.float64, seed=2)
+    s_nc = scores.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    t_nc = torch.randn(2, 17, 33, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    assert not s_nc.is_contiguous() and not t_nc.is_contiguous()
+    check(backend, s_nc, t_nc, 6)
+    zero = torch.zeros(1, 8, 2, dtype=torch.float64, requires_grad=True)
+    parts, _, _ = topk_token_aggregate(zero, torch.randn(1, 8, 3, dtype=torch.float64), k=3, backend=backend)
+    assert (parts == 0).all()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_gradcheck(backend):
+    scores, tokens = make(2, 9, 3, 4, dtype=torch.float64, seed=4)
+    fn = lambda s, t: tuple(o for o in topk_token_aggregate(s, t, k=4, backend=backend) if o.is_floating_point())
+    assert torch.autograd.gradcheck(fn, (scores, tokens))
+
+
+def test_alpha_gives_cal_k():
+    scores, tokens = make(2, 162, 6, 8)
+    _, idx, _ = topk_token_aggregate(scores, tokens, alpha=0.5)
+    assert idx.shape[-1] == math.ceil(0.5 * 162 / 6) == 14
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+def test_opcheck():
+    scores, tokens = make(2, 13, 3, 7)
+    opcheck(torch.ops.reidkern.topk_token_aggregate_fwd.default, (scores, tokens, 4))
+    parts, idx, sel = torch.ops.reidkern.topk_token_aggregate_fwd(scores, tokens, 4)
+    opcheck(torch.ops.reidkern.topk_token_aggregate_bwd.default,
+            (torch.randn_like(parts), torch.randn_like(sel), scores.detach(), tokens.detach(), idx))
+    opcheck(torch.ops.reidkern.topk_token_aggregate_bwd.default,
+            (torch.randn_like(parts), None, scores.detach(), tokens.detach(), idx))
+
+
+def test_opcheck_triton():
+    if "triton" not in BACKENDS:
+        pytest.skip("triton not usable here")
+    from reidkern.triton.topk_token_aggregate import topk_token_aggregate_triton_fwd  # noqa: F401
+    scores, tokens = make(2, 9, 3, 5)
+    # Under TRITON_INTERPRET the kernel cannot run on fake tensors: fake checks run on CUDA only.
+    utils = None if torch.cuda.is_available() else ("test_schema", "test_autograd_registration")
+    opcheck(torch.ops.reidkern.topk_token_aggregate_triton_fwd.default, (scores, tokens, 3),
+            **({} if utils is None else {"test_utils": utils}))
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+def test_torch_compile_fullgraph():
+    scores, tokens = make(2, 13, 3, 7)
+    fn = torch.compile(lambda s, t: topk_token_aggregate(s, t, alpha=0.6), fullgraph=True, backend="aot_eager")
+    parts, idx, sel = fn(scores, tokens)
+    rp, ri, _ = topk_token_aggregate_reference(scores, tokens, math.ceil(0.6 * 13 / 3))
+    assert torch.equal(idx, ri)
+    assert_close(parts, rp)
+    (parts.sum() + sel.sum()).backward()
+    assert scores.grad is not None
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(scores=torch.rand(2, 5)), ValueError, "scores must be 3-D"),
+    (dict(tokens=torch.rand(2, 5)), ValueError, "tokens must be 3-D"),
+    (dict(tokens=torch.rand(2, 4, 3)), ValueError, "tokens must be"),
+    (dict(tokens=torch.rand(2, 5, 3, dtype=torch.float64)), TypeError, "same dtype"),
+    (dict(scores=torch.ones(2, 5, 3, dtype=torch.long)), TypeError, "scores must be a floating"),
+    (dict(k=6), ValueError, "k must be in"),
+    (dict(k=0), ValueError, "k must be in"),
+    (dict(k=2.5), TypeError, "k must be an int"),
+    (dict(k=None, alpha=4.0), ValueError, "alpha"),
+    (dict(k=None, alpha=-1.0), ValueError, "alpha"),
+    (dict(k=2, alpha=0.5), ValueError, "exactly one"),
+    (dict(tokens=torch.rand(2, 5, 3, device="meta")), ValueError, "same device"),
+])
+def test_bad_input_names_the_argument(kwargs, exc, match):
+    args = dict(scores=torch.rand(2, 5, 3), tokens=torch.rand(2, 5, 3), k=2)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        topk_token_aggregate(**args)
