@@ -80,6 +80,28 @@ def peak_memory(fn, device="cpu"):
     return out, peak[0] - base
 
 
+def device_and_backend(provider):
+    """``(device, backend)`` for a provider name: "reidkern-<backend>" runs that backend, anything
+    else (eager, sdpa, compile) runs with backend None. CUDA and Triton providers skip without a
+    GPU, except Triton in smoke mode, which runs in the interpreter on CPU as a correctness run."""
+    import pytest
+
+    import reidkern
+
+    backend = provider.split("-", 1)[1] if provider.startswith("reidkern") else None
+    if backend in ("cuda", "triton"):
+        if not torch.cuda.is_available():
+            if backend == "triton" and smoke():
+                return "cpu", backend
+            pytest.skip("needs a CUDA GPU")
+        if backend == "cuda" and not reidkern.build_info()["with_cuda"]:
+            pytest.skip("built without CUDA kernels")
+        return "cuda", backend
+    if backend == "cpp" and not reidkern.build_info()["native"]:
+        pytest.skip("compiled library not built")
+    return ("cuda" if torch.cuda.is_available() else "cpu"), backend
+
+
 def record(benchmark, op, provider, size, fn, device="cpu", **extra):
     """Benchmarks ``fn`` and stores op/provider/size/peak memory in ``benchmark.extra_info``.
 

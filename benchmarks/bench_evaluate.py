@@ -7,11 +7,10 @@ Sizes: Market-1501 (3,368 queries x 15,913 gallery, from a distance matrix) and 
 import pytest
 import torch
 
-import reidkern
 from reidkern.metrics import evaluate_features, evaluate_rank, pairwise_distance
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
 
-from _common import record, smoke
+from _common import device_and_backend, record, smoke
 
 SIZES = {"smoke": (64, 500)} if smoke() else {"market1501": (3368, 15913), "msmt17": (11659, 82161)}
 PROVIDERS = ["eager", "reidkern-cpp", "reidkern-cuda", "reidkern-triton"]
@@ -31,24 +30,11 @@ def make_features(num_q, num_g, dim=512, seed=0):
     return qf, gf, q_pids, g_pids, q_camids, g_camids
 
 
-def _device_and_backend(provider):
-    backend = provider.split("-", 1)[1] if provider.startswith("reidkern") else None
-    if backend in ("cuda", "triton"):
-        if not torch.cuda.is_available():
-            pytest.skip("needs a CUDA GPU")
-        if backend == "cuda" and not reidkern.build_info()["with_cuda"]:
-            pytest.skip("built without CUDA kernels")
-        return "cuda", backend
-    if backend == "cpp" and not reidkern.build_info()["native"]:
-        pytest.skip("compiled library not built")
-    return "cpu", backend
-
-
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("size", list(SIZES))
 def test_evaluate(benchmark, provider, size):
     num_q, num_g = SIZES[size]
-    device, backend = _device_and_backend(provider)
+    device, backend = device_and_backend(provider)
     qf, gf, qp, gp, qc, gc = (t.to(device) for t in make_features(num_q, num_g))
     label = f"{num_q}x{num_g}"
     if size == "msmt17":

@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reidkern
 from reidkern.ops import template_attention
 from reidkern.ops.reference.template_attention import template_attention_reference
 
-from _common import record, smoke
+from _common import device_and_backend, record, smoke
 
 # name: (B, H, Nq, L, D, q_batch1, shared_kv)
 SIZES = ({"smoke": (2, 2, 6, 24, 16, True, False), "smoke_dga": (2, 2, 8, 20, 16, False, True)} if smoke() else {
@@ -24,21 +23,6 @@ SIZES = ({"smoke": (2, 2, 6, 24, 16, True, False), "smoke_dga": (2, 2, 8, 20, 16
     "lgur_pgu": (64, 6, 6, 192, 512, True, False),
 })
 PROVIDERS = ["eager", "sdpa", "compile", "reidkern-cpp", "reidkern-cuda", "reidkern-triton"]
-
-
-def _device_and_backend(provider):
-    backend = provider.split("-", 1)[1] if provider.startswith("reidkern") else None
-    if backend in ("cuda", "triton"):
-        if not torch.cuda.is_available():
-            if backend == "triton" and smoke():
-                return "cpu", backend  # interpreter: a correctness smoke run only
-            pytest.skip("needs a CUDA GPU")
-        if backend == "cuda" and not reidkern.build_info()["with_cuda"]:
-            pytest.skip("built without CUDA kernels")
-        return "cuda", backend
-    if backend == "cpp" and not reidkern.build_info()["native"]:
-        pytest.skip("compiled library not built")
-    return ("cuda" if torch.cuda.is_available() else "cpu"), backend
 
 
 def make_inputs(B, H, Nq, L, D, q_batch1, shared_kv, device):
@@ -59,7 +43,7 @@ def make_inputs(B, H, Nq, L, D, q_batch1, shared_kv, device):
 @pytest.mark.parametrize("size", list(SIZES))
 def test_template_attention(benchmark, provider, size):
     B, H, Nq, L, D, q1, shared = SIZES[size]
-    device, backend = _device_and_backend(provider)
+    device, backend = device_and_backend(provider)
     q, k, v, go = make_inputs(B, H, Nq, L, D, q1, shared, device)
     kx = lambda t: t.expand(B, -1, -1, -1)  # noqa: E731  (broadcast views, as the layers pass them)
 

@@ -8,37 +8,21 @@ scores and the tokens (through the parts and Ŝ).
 import pytest
 import torch
 
-import reidkern
 from reidkern.ops import topk_token_aggregate
 from reidkern.ops.reference.topk_token_aggregate import topk_token_aggregate_reference
 
-from _common import record, smoke
+from _common import device_and_backend, record, smoke
 
 # name: (B, L, Np, C, k)
 SIZES = {"smoke": (2, 18, 3, 32, 4)} if smoke() else {"cal": (64, 162, 6, 2048, 14)}
 PROVIDERS = ["eager", "compile", "reidkern-cpp", "reidkern-cuda", "reidkern-triton"]
 
 
-def _device_and_backend(provider):
-    backend = provider.split("-", 1)[1] if provider.startswith("reidkern") else None
-    if backend in ("cuda", "triton"):
-        if not torch.cuda.is_available():
-            if backend == "triton" and smoke():
-                return "cpu", backend  # interpreter: a correctness smoke run only
-            pytest.skip("needs a CUDA GPU")
-        if backend == "cuda" and not reidkern.build_info()["with_cuda"]:
-            pytest.skip("built without CUDA kernels")
-        return "cuda", backend
-    if backend == "cpp" and not reidkern.build_info()["native"]:
-        pytest.skip("compiled library not built")
-    return ("cuda" if torch.cuda.is_available() else "cpu"), backend
-
-
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("size", list(SIZES))
 def test_topk_aggregate(benchmark, provider, size):
     B, L, Np, C, k = SIZES[size]
-    device, backend = _device_and_backend(provider)
+    device, backend = device_and_backend(provider)
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(B, L, Np, generator=g).softmax(-1).to(device).requires_grad_()
     tokens = torch.randn(B, L, C, generator=g).to(device).requires_grad_()

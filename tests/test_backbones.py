@@ -1,7 +1,5 @@
 """Tests for reidkern.models.weights, resnet50, two_stream_resnet50 and the ViT backbones."""
 import math
-import pickle
-import warnings
 
 import pytest
 import torch

@@ -15,7 +15,7 @@ size.
 from __future__ import annotations
 
 import os
-from typing import List, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn

@@ -1,6 +1,5 @@
 """Multi-head cross-attention block of a few queries over tokens (LGUR's "MHA", DPTI's part
 attention), on the fused ``template_attention`` op."""
-import torch
 from torch import nn
 
 from reidkern.ops.template_attention import template_attention

@@ -1,6 +1,5 @@
 """AM-Softmax / CosFace (Wang et al. 2018, "Additive Margin Softmax for Face Verification"; Wang
 et al. 2018, "CosFace: Large Margin Cosine Loss"): the LA-Transformer note's classification loss."""
-import math
 
 import torch
 import torch.nn as nn
