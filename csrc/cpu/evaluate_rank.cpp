@@ -7,7 +7,7 @@
 // cost one comparison and only blocks straddling the positive's distance are scanned, with a
 // branch-free compare-and-count the compiler vectorises. Queries with many positives switch to one
 // binary search per negative, O(G log P). A row holding NaN or inf is flagged with first_hit = -2.
-#include "common.h"
+#include "evaluate_rank.h"
 
 #include <algorithm>
 #include <utility>
@@ -208,17 +208,8 @@ void evaluate_rank_rows(const scalar_t* dist, int64_t s0, int64_t s1, const Rank
 std::tuple<Tensor, Tensor, Tensor> evaluate_rank_cpu(const Tensor& distmat, const Tensor& q_pids,
                                                      const Tensor& g_pids, const Tensor& q_camids,
                                                      const Tensor& g_camids, bool trapezoid) {
-  check_dim(distmat, 2, "distmat");
-  check_floating(distmat, "distmat");
+  check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   const int64_t Q = distmat.size(0), G = distmat.size(1);
-  for (const Tensor* t : {&q_pids, &q_camids})
-    STD_TORCH_CHECK(t->dim() == 1 && t->size(0) == Q, "query ids must be [Q]");
-  for (const Tensor* t : {&g_pids, &g_camids})
-    STD_TORCH_CHECK(t->dim() == 1 && t->size(0) == G, "gallery ids must be [G]");
-  for (const Tensor* t : {&q_pids, &g_pids, &q_camids, &g_camids}) {
-    check_dtype(*t, ScalarType::Long, "pids/camids");
-    STD_TORCH_CHECK(t->is_contiguous(), "pids/camids must be contiguous");
-  }
   auto first_hit = torch::stable::empty({Q}, ScalarType::Long, std::nullopt, distmat.device());
   auto all_ap = torch::stable::empty({Q}, ScalarType::Double, std::nullopt, distmat.device());
   auto all_inp = torch::stable::empty({Q}, ScalarType::Double, std::nullopt, distmat.device());

@@ -10,7 +10,7 @@
 // Backward: kernel 1 (one block per anchor) computes the coefficients of the two chosen pairs and
 // writes grad_x[i]; kernel 2 (one block per candidate j) sums, in anchor order, the contributions of
 // every pair that chose j, so grad_ref is deterministic (no atomics).
-#include "common.h"
+#include "batch_hard_mining.h"
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
@@ -241,19 +241,8 @@ void check_launch(const char* what) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_cuda(
     const Tensor& embeddings, const Tensor& labels, const Tensor& ref_embeddings,
     const Tensor& ref_labels, int64_t metric, int64_t self_offset) {
-  check_dim(embeddings, 2, "embeddings");
-  check_dim(ref_embeddings, 2, "ref_embeddings");
-  check_floating(embeddings, "embeddings");
-  STD_TORCH_CHECK(ref_embeddings.scalar_type() == embeddings.scalar_type() &&
-                      ref_embeddings.size(1) == embeddings.size(1),
-                  "ref_embeddings must match embeddings' dtype and feature dimension");
-  STD_TORCH_CHECK(embeddings.size(1) > 0, "embeddings must have a non-empty feature dimension");
+  check_mining_inputs(embeddings, labels, ref_embeddings, ref_labels, metric);
   const int64_t B = embeddings.size(0), D = embeddings.size(1), M = ref_embeddings.size(0);
-  STD_TORCH_CHECK(labels.dim() == 1 && labels.size(0) == B, "labels must be [B]");
-  STD_TORCH_CHECK(ref_labels.dim() == 1 && ref_labels.size(0) == M, "ref_labels must be [M]");
-  check_dtype(labels, ScalarType::Long, "labels");
-  check_dtype(ref_labels, ScalarType::Long, "ref_labels");
-  STD_TORCH_CHECK(metric >= 0 && metric <= 2, "metric must be 0, 1 or 2");
   STD_TORCH_CHECK(embeddings.is_cuda() && ref_embeddings.is_cuda() && labels.is_cuda() &&
                       ref_labels.is_cuda(), "batch_hard_mining: all tensors must be CUDA tensors");
   const torch::stable::accelerator::DeviceGuard guard(embeddings.get_device_index());
@@ -292,18 +281,9 @@ std::tuple<Tensor, Tensor> batch_hard_mining_backward_cuda(
     const Tensor& grad_dist_ap, const Tensor& grad_dist_an, const Tensor& embeddings,
     const Tensor& ref_embeddings, const Tensor& dist_ap, const Tensor& dist_an,
     const Tensor& p_index, const Tensor& n_index, int64_t metric) {
-  check_dim(embeddings, 2, "embeddings");
-  check_dim(ref_embeddings, 2, "ref_embeddings");
-  check_floating(embeddings, "embeddings");
+  check_mining_backward_inputs(grad_dist_ap, grad_dist_an, embeddings, ref_embeddings, dist_ap,
+                               dist_an, p_index, n_index);
   const int64_t B = embeddings.size(0), D = embeddings.size(1), M = ref_embeddings.size(0);
-  STD_TORCH_CHECK(ref_embeddings.size(1) == D && ref_embeddings.scalar_type() == embeddings.scalar_type(),
-                  "ref_embeddings must match embeddings' dtype and feature dimension");
-  for (const Tensor* t : {&grad_dist_ap, &grad_dist_an, &dist_ap, &dist_an, &p_index, &n_index})
-    STD_TORCH_CHECK(t->dim() == 1 && t->size(0) == B, "batch_hard_mining_backward: per-anchor tensors must be [B]");
-  for (const Tensor* t : {&grad_dist_ap, &grad_dist_an, &dist_ap, &dist_an})
-    STD_TORCH_CHECK(t->scalar_type() == embeddings.scalar_type(), "gradients and distances must have embeddings' dtype");
-  check_dtype(p_index, ScalarType::Long, "p_index");
-  check_dtype(n_index, ScalarType::Long, "n_index");
   const torch::stable::accelerator::DeviceGuard guard(embeddings.get_device_index());
   Tensor x = torch::stable::contiguous(embeddings), y = torch::stable::contiguous(ref_embeddings);
   Tensor gap = torch::stable::contiguous(grad_dist_ap), gan = torch::stable::contiguous(grad_dist_an);

@@ -5,7 +5,7 @@
 // positives ahead, that positive adds (k+1)/(r+1) to AP; the first hit is min r, INP = P/(max r+1).
 // Cost per query: O(P * G / threads) time, O(threads) shared memory. Non-finite distances are
 // flagged with first_hit = -2.
-#include "common.h"
+#include "evaluate_rank.h"
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
@@ -102,17 +102,8 @@ __global__ void evaluate_rank_kernel(const scalar_t* __restrict__ dist, int64_t 
 std::tuple<Tensor, Tensor, Tensor> evaluate_rank_cuda(const Tensor& distmat, const Tensor& q_pids,
                                                       const Tensor& g_pids, const Tensor& q_camids,
                                                       const Tensor& g_camids, bool trapezoid) {
-  check_dim(distmat, 2, "distmat");
-  check_floating(distmat, "distmat");
+  check_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids);
   const int64_t Q = distmat.size(0), G = distmat.size(1);
-  STD_TORCH_CHECK(q_pids.dim() == 1 && q_pids.size(0) == Q && q_camids.dim() == 1 &&
-                      q_camids.size(0) == Q, "query ids must be [Q]");
-  STD_TORCH_CHECK(g_pids.dim() == 1 && g_pids.size(0) == G && g_camids.dim() == 1 &&
-                      g_camids.size(0) == G, "gallery ids must be [G]");
-  for (const Tensor* t : {&q_pids, &g_pids, &q_camids, &g_camids}) {
-    check_dtype(*t, ScalarType::Long, "pids/camids");
-    STD_TORCH_CHECK(t->is_contiguous() && t->is_cuda(), "pids/camids must be contiguous CUDA tensors");
-  }
   const torch::stable::accelerator::DeviceGuard guard(distmat.get_device_index());
   auto first_hit = torch::stable::empty({Q}, ScalarType::Long, std::nullopt, distmat.device());
   auto all_ap = torch::stable::empty({Q}, ScalarType::Double, std::nullopt, distmat.device());
