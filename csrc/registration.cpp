@@ -17,4 +17,7 @@ STABLE_TORCH_LIBRARY(reidkern, m) {
         "(Tensor, Tensor, Tensor)");
   m.def("jaccard_sum_min(Tensor crow, Tensor cols, Tensor vals, Tensor t_ptr, Tensor t_rows, "
         "Tensor t_vals, int num_targets) -> (Tensor, Tensor, Tensor)");
+  m.def("jaccard_rerank(Tensor crow, Tensor cols, Tensor vals, Tensor t_ptr, Tensor t_rows, "
+        "Tensor t_vals, Tensor original, float lambda_value) -> Tensor");
+  m.def("pair_sq_dist(Tensor x, Tensor rows, Tensor cols) -> Tensor");
 }

@@ -5,6 +5,9 @@
 //    (summed in rank order, then divided by k2, as numpy's mean over axis 0 does).
 //  * jaccard_sum_min: s[i, j] = sum_l min(V[i, l], T[j, l]) through an inverted index of T (for
 //    each column l, the target rows holding it), kept sparse (only s > 0), summed in l order.
+//  * jaccard_rerank: the same sums for a tile of rows, fused with the final mix
+//    out = (1 - lambda) (1 - s / (2 - s)) + lambda original, written as a dense float32 tile.
+//  * pair_sq_dist: exact float64 squared Euclidean distance (difference form) of listed pairs.
 // Everything is O(N k) memory; rows are processed in parallel.
 #include "common.h"
 
@@ -228,12 +231,102 @@ std::tuple<Tensor, Tensor, Tensor> jaccard_sum_min_cpu(const Tensor& crow, const
   return {ocrow, ocols, ovals};
 }
 
+Tensor jaccard_rerank_cpu(const Tensor& crow, const Tensor& cols, const Tensor& vals,
+                          const Tensor& t_ptr, const Tensor& t_rows, const Tensor& t_vals,
+                          const Tensor& original, double lambda_value) {
+  check_csr(crow, cols, vals, "jaccard_rerank: V");
+  check_csr(t_ptr, t_rows, t_vals, "jaccard_rerank: inverted index");
+  check_dim(original, 2, "original");
+  check_dtype(original, ScalarType::Double, "original");
+  STD_TORCH_CHECK(original.is_contiguous(), "original must be contiguous");
+  const int64_t R = crow.size(0) - 1, L = t_ptr.size(0) - 1, T = original.size(1);
+  STD_TORCH_CHECK(original.size(0) == R, "jaccard_rerank: original must have one row per row of V");
+  const int64_t* cp = crow.const_data_ptr<int64_t>();
+  const int64_t* cl = cols.const_data_ptr<int64_t>();
+  const double* vl = vals.const_data_ptr<double>();
+  const int64_t* tp = t_ptr.const_data_ptr<int64_t>();
+  const int64_t* tr = t_rows.const_data_ptr<int64_t>();
+  const double* tv = t_vals.const_data_ptr<double>();
+  const double* orig = original.const_data_ptr<double>();
+  for (int64_t p = 0; p < cols.size(0); ++p) {
+    STD_TORCH_CHECK(cl[p] >= 0 && cl[p] < L, "jaccard_rerank: column outside the inverted index");
+  }
+  for (int64_t p = 0; p < t_rows.size(0); ++p) {
+    STD_TORCH_CHECK(tr[p] >= 0 && tr[p] < T, "jaccard_rerank: target row out of range");
+  }
+  auto out = torch::stable::empty({R, T}, ScalarType::Float, std::nullopt, crow.device());
+  float* op = out.mutable_data_ptr<float>();
+  const double lam = lambda_value;
+  torch::stable::parallel_for(0, R, 4, [&](int64_t b, int64_t e) {
+    std::vector<double> acc(T, 0.0);
+    for (int64_t i = b; i < e; ++i) {
+      for (int64_t p = cp[i]; p < cp[i + 1]; ++p) {
+        const int64_t l = cl[p];
+        const double v = vl[p];
+        for (int64_t q = tp[l]; q < tp[l + 1]; ++q) acc[tr[q]] += std::min(v, tv[q]);
+      }
+      const double* orow = orig + i * T;
+      float* out_row = op + i * T;
+      for (int64_t j = 0; j < T; ++j) {
+        const double s = acc[j];
+        out_row[j] = static_cast<float>((1.0 - s / (2.0 - s)) * (1.0 - lam) + orow[j] * lam);
+        acc[j] = 0.0;
+      }
+    }
+  });
+  return out;
+}
+
+template <typename T>
+void pair_sq_dist_impl(const T* x, int64_t D, const int64_t* rows, const int64_t* cols, int64_t P,
+                       double* out) {
+  torch::stable::parallel_for(0, P, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const T* a = x + rows[p] * D;
+      const T* c = x + cols[p] * D;
+      double s = 0.0;
+      for (int64_t d = 0; d < D; ++d) {
+        const double t = static_cast<double>(a[d]) - static_cast<double>(c[d]);
+        s += t * t;
+      }
+      out[p] = s;
+    }
+  });
+}
+
+Tensor pair_sq_dist_cpu(const Tensor& x, const Tensor& rows, const Tensor& cols) {
+  check_dim(x, 2, "x");
+  check_floating(x, "x");
+  STD_TORCH_CHECK(x.is_contiguous(), "pair_sq_dist: x must be contiguous");
+  check_dtype(rows, ScalarType::Long, "rows");
+  check_dtype(cols, ScalarType::Long, "cols");
+  STD_TORCH_CHECK(rows.dim() == 1 && cols.dim() == 1 && rows.size(0) == cols.size(0) &&
+                      rows.is_contiguous() && cols.is_contiguous(),
+                  "pair_sq_dist: rows and cols must be contiguous 1-D of equal length");
+  const int64_t P = rows.size(0), N = x.size(0);
+  const int64_t* rp = rows.const_data_ptr<int64_t>();
+  const int64_t* cp = cols.const_data_ptr<int64_t>();
+  for (int64_t p = 0; p < P; ++p) {
+    STD_TORCH_CHECK(rp[p] >= 0 && rp[p] < N && cp[p] >= 0 && cp[p] < N,
+                    "pair_sq_dist: index out of range");
+  }
+  auto out = torch::stable::empty({P}, ScalarType::Double, std::nullopt, x.device());
+  double* o = out.mutable_data_ptr<double>();
+  REIDKERN_DISPATCH_FLOATING(x, "pair_sq_dist", [&] {
+    pair_sq_dist_impl<scalar_t>(static_cast<const scalar_t*>(x.const_data_ptr()), x.size(1), rp, cp,
+                                P, o);
+  });
+  return out;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(reidkern, CPU, m) {
   m.impl("k_reciprocal_expand", TORCH_BOX(&k_reciprocal_expand_cpu));
   m.impl("sparse_rows_mean", TORCH_BOX(&sparse_rows_mean_cpu));
   m.impl("jaccard_sum_min", TORCH_BOX(&jaccard_sum_min_cpu));
+  m.impl("jaccard_rerank", TORCH_BOX(&jaccard_rerank_cpu));
+  m.impl("pair_sq_dist", TORCH_BOX(&pair_sq_dist_cpu));
 }
 
 }  // namespace reidkern

@@ -21,8 +21,8 @@
 namespace reidkern {
 namespace {
 
-constexpr int64_t kTileRows = 256;
-constexpr int64_t kTileCols = 4096;
+constexpr int64_t kTileRows = 512;
+constexpr int64_t kTileCols = 8192;
 
 template <typename T>
 double exact_sq(const T* a, const T* b, int64_t dim) {
@@ -59,39 +59,60 @@ struct RowState {
 };
 
 template <typename T>
+void update_one(RowState& st, double a, double e, int64_t j, int64_t k) {
+  const double lo = a - e, hi = a + e;
+  double u = st.upper(k);
+  if (hi < u) {
+    if (static_cast<int64_t>(st.heap.size()) == k) {
+      std::pop_heap(st.heap.begin(), st.heap.end());
+      st.heap.back() = hi;
+    } else {
+      st.heap.push_back(hi);
+    }
+    std::push_heap(st.heap.begin(), st.heap.end());
+    u = st.upper(k);
+  }
+  if (lo <= u) {
+    st.cand.emplace_back(lo, j);
+    if (st.cand.size() > st.cap) {
+      st.prune_cand(u);
+      if (st.cand.size() > st.cap / 2) st.cap *= 2;
+    }
+  }
+  if (lo > st.lmax) st.lmax = lo;
+  if (hi >= st.lmax) {
+    st.maxc.emplace_back(hi, j);
+    if (st.maxc.size() > st.maxcap) {
+      st.prune_max();
+      if (st.maxc.size() > st.maxcap / 2) st.maxcap *= 2;
+    }
+  }
+}
+
+// Streams one row of a product tile through the filter. Columns go in chunks of 32: a branch-free
+// (vectorisable) pass asks whether any column of the chunk can matter -- a lower bound at most the
+// current k-th upper bound, or an upper bound at least the current largest lower bound, with the
+// chunk's largest error bound -- and only such chunks take the exact per-column path.
+template <typename T>
 void update_row(RowState& st, const T* prod, const double xn, const double xnorm,
                 const double* yn, const double* ynorm, int64_t j0, int64_t cols, int64_t k,
-                double rel_dot, double rel_sq) {
-  for (int64_t c = 0; c < cols; ++c) {
-    const double a = xn + yn[c] - 2.0 * static_cast<double>(prod[c]);
-    const double e = rel_dot * xnorm * ynorm[c] + rel_sq * (xn + yn[c]) + 1e-300;
-    const double lo = a - e, hi = a + e;
-    const int64_t j = j0 + c;
-    double u = st.upper(k);
-    if (hi < u) {
-      if (static_cast<int64_t>(st.heap.size()) == k) {
-        std::pop_heap(st.heap.begin(), st.heap.end());
-        st.heap.back() = hi;
-      } else {
-        st.heap.push_back(hi);
-      }
-      std::push_heap(st.heap.begin(), st.heap.end());
-      u = st.upper(k);
+                double rel_dot, double rel_sq, double tile_ynorm_max, double tile_yn_max) {
+  constexpr int64_t kChunk = 32;
+  const double emax = rel_dot * xnorm * tile_ynorm_max + rel_sq * (xn + tile_yn_max) + 1e-300;
+  for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+    const int64_t c1 = std::min(cols, c0 + kChunk);
+    const double lo_limit = st.upper(k) + emax;  // a <= this: may be a neighbour
+    const double hi_limit = st.lmax - emax;      // a >= this: may be the maximum
+    int any = 0;
+    for (int64_t c = c0; c < c1; ++c) {
+      const double a = xn + yn[c] - 2.0 * static_cast<double>(prod[c]);
+      any |= static_cast<int>(a <= lo_limit) | static_cast<int>(a >= hi_limit);
     }
-    if (lo <= u) {
-      st.cand.emplace_back(lo, j);
-      if (st.cand.size() > st.cap) {
-        st.prune_cand(u);
-        if (st.cand.size() > st.cap / 2) st.cap *= 2;
-      }
-    }
-    if (lo > st.lmax) st.lmax = lo;
-    if (hi >= st.lmax) {
-      st.maxc.emplace_back(hi, j);
-      if (st.maxc.size() > st.maxcap) {
-        st.prune_max();
-        if (st.maxc.size() > st.maxcap / 2) st.maxcap *= 2;
-      }
+    if (!any) continue;
+    for (int64_t c = c0; c < c1; ++c) {
+      const double a = xn + yn[c] - 2.0 * static_cast<double>(prod[c]);
+      const double e = rel_dot * xnorm * ynorm[c] + rel_sq * (xn + yn[c]) + 1e-300;
+      update_one<T>(st, a, e, j0 + c, k);
     }
   }
 }
@@ -142,10 +163,12 @@ void knn_impl(const Tensor& x, const Tensor& y, int64_t k, int64_t offset, doubl
       Tensor prod = torch::stable::matmul(xt, torch::stable::transpose(yt, 0, 1));
       prod = torch::stable::contiguous(prod);
       const T* pp = static_cast<const T*>(prod.const_data_ptr());
+      const double ynorm_max = *std::max_element(ynorm.begin() + c0, ynorm.begin() + c0 + cols);
+      const double yn_max = *std::max_element(yn.begin() + c0, yn.begin() + c0 + cols);
       torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           update_row<T>(states[r], pp + r * cols, xn[r0 + r], xnorm[r0 + r], yn.data() + c0,
-                        ynorm.data() + c0, c0, cols, k, rel_dot, rel_sq);
+                        ynorm.data() + c0, c0, cols, k, rel_dot, rel_sq, ynorm_max, yn_max);
         }
       });
     }

@@ -24,7 +24,8 @@ import torch
 
 from reidkern.ops import _validate as V
 from reidkern.ops._backend import resolve_backend
-from reidkern.ops.k_reciprocal import jaccard_sum_min, k_reciprocal_expand, sparse_rows_mean
+from reidkern.ops.k_reciprocal import (jaccard_rerank, jaccard_sum_min, k_reciprocal_expand,
+                                       pair_sq_dist, sparse_rows_mean)
 from reidkern.ops.knn import knn
 from reidkern.ops.reference import k_reciprocal as ref
 
@@ -129,14 +130,9 @@ def _jaccard_dense_tiles(V_csr, q_range, t_range, num_columns, original_tile, la
     starts = range(q0, q1, tile_rows)
     for s in _progress(starts, progress, "re-ranking: jaccard", total=len(starts)):
         e = min(s + tile_rows, q1)
-        rc, rcols, rvals = jaccard_sum_min(*_csr_rows(crow, cols, vals, s, e), *inv, num_t)
-        temp_min = torch.zeros(e - s, num_t, dtype=torch.float64)
-        r = torch.repeat_interleave(torch.arange(e - s), rc.diff())
-        temp_min[r, rcols] = rvals
-        jaccard = 1.0 - temp_min / (2.0 - temp_min)
         orig = original_tile(s - q0, e - q0).to(torch.float64).cpu()
-        final = jaccard * (1.0 - lambda_value) + orig * lambda_value
-        out[s - q0:e - q0] = final.to(out.device, out.dtype)
+        final = jaccard_rerank(*_csr_rows(crow, cols, vals, s, e), *inv, orig, lambda_value)
+        out[s - q0:e - q0] = final.to(out.device)
 
 
 # ---- distributed helpers ------------------------------------------------------------------------
@@ -179,12 +175,8 @@ def _knn_features(X, k, col_range, backend, progress, chunk=4096):
     return tuple(torch.cat([o[i] for o in outs]).cpu() for i in range(3))
 
 
-def _pair_sq_dist(X64, rows, cols, chunk=1 << 16):
-    out = torch.empty(len(rows), dtype=torch.float64)
-    for s in range(0, len(rows), chunk):
-        r, c = rows[s:s + chunk], cols[s:s + chunk]
-        out[s:s + chunk] = ((X64[r] - X64[c]) ** 2).sum(1)
-    return out
+def _pair_sq_dist(X, rows, cols):
+    return pair_sq_dist(X, rows, cols)
 
 
 def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progress=None,
@@ -273,8 +265,8 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
     if not bool((row_max > 0).all()):
         raise ValueError("qf/gf: every sample is identical to every other (all distances are 0)")
     ranks = _initial_ranks(d, idx, row_max, k1)
-    X64 = X.double().cpu()
-    V_csr = _encode(ranks, k1, k2, lambda r, c: _pair_sq_dist(X64, r, c) / row_max[r])
+    Xc = X.cpu()
+    V_csr = _encode(ranks, k1, k2, lambda r, c: _pair_sq_dist(Xc, r, c) / row_max[r])
 
     q64 = X[:num_q].double()
     qn = (q64 * q64).sum(1, keepdim=True)
@@ -442,8 +434,8 @@ def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile
     if not bool((row_max > 0).all()):
         raise ValueError("features: every sample is identical (all distances are 0)")
     ranks = _initial_ranks(d, idx, row_max, k1)
-    X64 = X.double().cpu()
-    crow, cols, vals = _encode(ranks, k1, k2, lambda r, c: _pair_sq_dist(X64, r, c) / row_max[r])
+    Xc = X.cpu()
+    crow, cols, vals = _encode(ranks, k1, k2, lambda r, c: _pair_sq_dist(Xc, r, c) / row_max[r])
     inv = _inverted_index(crow, cols, vals, 0, N, N)
     indptr, indices, data = [np.zeros(1, dtype=np.int64)], [], []
     offset = 0
