@@ -266,3 +266,28 @@ def test_bad_input_names_the_argument():
         jaccard_distance(torch.randn(30, 3), k1=4, k2=6)
     with pytest.raises(ValueError, match="at least"):
         jaccard_distance(torch.randn(10, 3), k1=20)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+def test_opcheck_fused_ops():
+    from reidkern.ops.k_reciprocal import pair_sq_dist
+    x, _ = clustered(12, 5, 3, seed=13, dtype=torch.float64)
+    rows, cols = torch.randint(0, 12, (30,)), torch.randint(0, 12, (30,))
+    opcheck(torch.ops.reidkern.pair_sq_dist.default, (x, rows, cols))
+    assert_close(pair_sq_dist(x, rows, cols), ((x[rows] - x[cols]) ** 2).sum(1), rtol=1e-13, atol=1e-13)
+    # V: 3 rows over 4 columns; targets: 2 rows; s[i, j] = sum_l min(V[i, l], T[j, l]).
+    V = torch.tensor([[0.5, 0.5, 0, 0], [0, 0.2, 0.8, 0], [0, 0, 0, 1.0]], dtype=torch.float64)
+    T = torch.tensor([[0.1, 0.9, 0, 0], [0, 0, 0.3, 0.7]], dtype=torch.float64)
+    Vs, Ts = V.to_sparse_csr(), T.t().contiguous().to_sparse_csr()
+    args = tuple(t.clone() for t in (Vs.crow_indices(), Vs.col_indices(), Vs.values(),
+                                      Ts.crow_indices(), Ts.col_indices(), Ts.values()))
+    orig = torch.rand(3, 2, dtype=torch.float64)
+    opcheck(torch.ops.reidkern.jaccard_rerank.default, (*args, orig, 0.3))
+    s = torch.minimum(V[:, None, :], T[None, :, :]).sum(-1)
+    expected = 0.7 * (1 - s / (2 - s)) + 0.3 * orig
+    assert_close(torch.ops.reidkern.jaccard_rerank(*args, orig, 0.3), expected, dtype=torch.float32)
+    crow, cols, vals = torch.ops.reidkern.jaccard_sum_min(*args, 2)
+    dense = torch.zeros(3, 2, dtype=torch.float64)
+    dense[torch.repeat_interleave(torch.arange(3), crow.diff()), cols] = vals
+    assert_close(dense, s)
+    assert (vals > 0).all()
