@@ -26,10 +26,11 @@ def _np64(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def squared_euclidean_exact(x, y, block=64):
+def squared_euclidean_exact(x, y, block=None):
     """[M, N] float64 squared Euclidean distances sum_d (x_d - y_d)^2 (difference form: exactly 0 for
-    identical rows and exactly symmetric), computed in row blocks."""
+    identical rows and exactly symmetric), computed in row blocks of at most ~64 MB."""
     x, y = _np64(x), _np64(y)
+    block = block or max(1, (64 << 20) // max(1, 8 * y.shape[0] * y.shape[1]))
     out = np.empty((x.shape[0], y.shape[0]), dtype=np.float64)
     for s in range(0, x.shape[0], block):
         diff = x[s:s + block, None, :] - y[None, :, :]
