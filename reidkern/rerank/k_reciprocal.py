@@ -203,7 +203,7 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
             order); neighbour candidates are merged across ranks, so the result equals the
             single-process one. Collective: every rank of ``group`` must call it.
         group: process group (default: the world).
-        tile_rows: query rows per Jaccard tile (default: about 256 MB of float64 per tile).
+        tile_rows: query rows per Jaccard tile (default: about 32 MB of float64 per tile).
 
     Returns:
         [Q, G] float32 re-ranked distance on qf's device (smaller = more similar), usable with
@@ -279,7 +279,7 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
         return sq / m_dev[a:b, None]
 
     out = torch.empty(num_q, g1 - g0, dtype=torch.float32, device=device)
-    rows = tile_rows or max(1, min(num_q, (256 << 20) // max(1, 8 * (g1 - g0))))
+    rows = tile_rows or max(1, min(num_q, (32 << 20) // max(1, 8 * (g1 - g0))))
     _jaccard_dense_tiles(V_csr, (0, num_q), (g0, g1), N, original_tile, lambda_value, out,
                          progress, rows)
     return out
@@ -375,7 +375,7 @@ def k_reciprocal_from_distances(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambd
 
     V_csr = _encode(ranks, k1, k2, pair_original)
     out = torch.empty(num_q, num_g, dtype=torch.float32, device=device)
-    rows = tile_rows or max(1, min(num_q, (256 << 20) // max(1, 8 * num_g)))
+    rows = tile_rows or max(1, min(num_q, (32 << 20) // max(1, 8 * num_g)))
     _jaccard_dense_tiles(V_csr, (0, num_q), (num_q, N), N,
                          lambda a, b: q_g[a:b] / row_max[a:b, None], lambda_value, out,
                          progress, rows)
