@@ -1,6 +1,7 @@
 """reidkern: fused CUDA, Triton and C++ kernels, layers and models for person re-identification.
 
-``reidkern.build_info()`` says what was compiled. Evaluation lives in :mod:`reidkern.metrics`.
+``reidkern.build_info()`` says what was compiled. Evaluation: :mod:`reidkern.metrics`; re-ranking:
+:mod:`reidkern.rerank`; layers and losses: :mod:`reidkern.nn`; backbones: :mod:`reidkern.models`.
 """
 import importlib.util
 
@@ -52,6 +53,6 @@ def build_info() -> dict:
     }
 
 
-from reidkern import metrics, ops  # noqa: E402  (after build_info's helpers)
+from reidkern import metrics, nn, ops, rerank  # noqa: E402  (after build_info's helpers)
 
-__all__ = ["build_info", "metrics", "ops", "__version__"]
+__all__ = ["build_info", "metrics", "nn", "ops", "rerank", "__version__"]

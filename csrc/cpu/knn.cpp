@@ -1,0 +1,229 @@
+// CPU kernel of reidkern::knn: for each row of x [M, D], the k nearest rows of y [Ny, D] by the
+// exact float64 squared Euclidean distance sum_d (x_d - y_d)^2 (difference form, summed in d
+// order), ties by index, and the row's maximum distance over all of y. Never an M x Ny array.
+//
+// Tiles of x rows and y rows go through the BLAS matrix product (torch's matmul, in the inputs'
+// dtype) to get approximate distances a = |x|^2 + |y|^2 - 2 x.y with a rigorous error bound e
+// (|fl(x.y) - x.y| <= gamma_D |x||y| for any summation order, plus the float64 rounding of the
+// rest). A streaming filter keeps every column whose lower bound a - e can still be among the k
+// smallest (compared with the k-th smallest upper bound a + e seen so far), and every column whose
+// upper bound can still be the maximum. Only those candidates are recomputed exactly in float64,
+// so the result is the exact k smallest with index-ordered ties, whatever the BLAS rounding.
+// Memory: O(tile) + O(M k) candidates.
+#include "common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+namespace reidkern {
+namespace {
+
+constexpr int64_t kTileRows = 512;
+constexpr int64_t kTileCols = 8192;
+
+template <typename T>
+double exact_sq(const T* a, const T* b, int64_t dim) {
+  double s = 0.0;
+  for (int64_t d = 0; d < dim; ++d) {
+    const double t = static_cast<double>(a[d]) - static_cast<double>(b[d]);
+    s += t * t;
+  }
+  return s;
+}
+
+struct RowState {
+  std::vector<double> heap;                       // max-heap: k smallest upper bounds so far
+  std::vector<std::pair<double, int64_t>> cand;   // (lower bound, column) of k-nearest candidates
+  std::vector<std::pair<double, int64_t>> maxc;   // (upper bound, column) of maximum candidates
+  size_t cap = 0, maxcap = 0;
+  double lmax = -std::numeric_limits<double>::infinity();  // largest lower bound seen
+
+  double upper(int64_t k) const {
+    return static_cast<int64_t>(heap.size()) < k ? std::numeric_limits<double>::infinity()
+                                                  : heap.front();
+  }
+  void prune_cand(double u) {
+    cand.erase(std::remove_if(cand.begin(), cand.end(),
+                              [u](const std::pair<double, int64_t>& c) { return c.first > u; }),
+               cand.end());
+  }
+  void prune_max() {
+    const double l = lmax;
+    maxc.erase(std::remove_if(maxc.begin(), maxc.end(),
+                              [l](const std::pair<double, int64_t>& c) { return c.first < l; }),
+               maxc.end());
+  }
+};
+
+template <typename T>
+void update_one(RowState& st, double a, double e, int64_t j, int64_t k) {
+  const double lo = a - e, hi = a + e;
+  double u = st.upper(k);
+  if (hi < u) {
+    if (static_cast<int64_t>(st.heap.size()) == k) {
+      std::pop_heap(st.heap.begin(), st.heap.end());
+      st.heap.back() = hi;
+    } else {
+      st.heap.push_back(hi);
+    }
+    std::push_heap(st.heap.begin(), st.heap.end());
+    u = st.upper(k);
+  }
+  if (lo <= u) {
+    st.cand.emplace_back(lo, j);
+    if (st.cand.size() > st.cap) {
+      st.prune_cand(u);
+      if (st.cand.size() > st.cap / 2) st.cap *= 2;
+    }
+  }
+  if (lo > st.lmax) st.lmax = lo;
+  if (hi >= st.lmax) {
+    st.maxc.emplace_back(hi, j);
+    if (st.maxc.size() > st.maxcap) {
+      st.prune_max();
+      if (st.maxc.size() > st.maxcap / 2) st.maxcap *= 2;
+    }
+  }
+}
+
+// Streams one row of a product tile through the filter. Columns go in chunks of 32: a branch-free
+// (vectorisable) pass asks whether any column of the chunk can matter -- a lower bound at most the
+// current k-th upper bound, or an upper bound at least the current largest lower bound, with the
+// chunk's largest error bound -- and only such chunks take the exact per-column path.
+template <typename T>
+void update_row(RowState& st, const T* prod, const double xn, const double xnorm,
+                const double* yn, const double* ynorm, int64_t j0, int64_t cols, int64_t k,
+                double rel_dot, double rel_sq, double tile_ynorm_max, double tile_yn_max) {
+  constexpr int64_t kChunk = 32;
+  const double emax = rel_dot * xnorm * tile_ynorm_max + rel_sq * (xn + tile_yn_max) + 1e-300;
+  for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+    const int64_t c1 = std::min(cols, c0 + kChunk);
+    const double lo_limit = st.upper(k) + emax;  // a <= this: may be a neighbour
+    const double hi_limit = st.lmax - emax;      // a >= this: may be the maximum
+    int any = 0;
+    for (int64_t c = c0; c < c1; ++c) {
+      const double a = xn + yn[c] - 2.0 * static_cast<double>(prod[c]);
+      any |= static_cast<int>(a <= lo_limit) | static_cast<int>(a >= hi_limit);
+    }
+    if (!any) continue;
+    for (int64_t c = c0; c < c1; ++c) {
+      const double a = xn + yn[c] - 2.0 * static_cast<double>(prod[c]);
+      const double e = rel_dot * xnorm * ynorm[c] + rel_sq * (xn + yn[c]) + 1e-300;
+      update_one<T>(st, a, e, j0 + c, k);
+    }
+  }
+}
+
+template <typename T>
+void knn_impl(const Tensor& x, const Tensor& y, int64_t k, int64_t offset, double* out_d,
+              int64_t* out_i, double* out_max) {
+  const int64_t M = x.size(0), Ny = y.size(0), D = x.size(1);
+  const T* xp = static_cast<const T*>(x.const_data_ptr());
+  const T* yp = static_cast<const T*>(y.const_data_ptr());
+  const double inf = std::numeric_limits<double>::infinity();
+  // Squared norms (float64) of every y row; norms for the error bound.
+  std::vector<double> yn(Ny), ynorm(Ny), xn(M), xnorm(M);
+  torch::stable::parallel_for(0, Ny, 256, [&](int64_t b, int64_t e) {
+    std::vector<T> zero(D, T(0));
+    for (int64_t j = b; j < e; ++j) {
+      yn[j] = exact_sq<T>(yp + j * D, zero.data(), D);
+      ynorm[j] = std::sqrt(yn[j]);
+    }
+  });
+  torch::stable::parallel_for(0, M, 256, [&](int64_t b, int64_t e) {
+    std::vector<T> zero(D, T(0));
+    for (int64_t i = b; i < e; ++i) {
+      xn[i] = exact_sq<T>(xp + i * D, zero.data(), D);
+      xnorm[i] = std::sqrt(xn[i]);
+    }
+  });
+  // Error bound of a: 2 * gamma_D(u) |x||y| for the product (any order, FMA or not), and a few
+  // float64 roundings of |x|^2, |y|^2 and the sum; both doubled for safety.
+  const double u = std::is_same<T, float>::value ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53);
+  const double gamma = (D + 2) * u / (1.0 - (D + 2) * u);
+  const double rel_dot = 2.0 * 2.0 * gamma;
+  const double rel_sq = 2.0 * (D + 8) * std::ldexp(1.0, -52);
+  const size_t cap0 = static_cast<size_t>(2 * k + 64);
+
+  for (int64_t r0 = 0; r0 < M; r0 += kTileRows) {
+    const int64_t rows = std::min(kTileRows, M - r0);
+    std::vector<RowState> states(rows);
+    for (auto& s : states) {
+      s.heap.reserve(k);
+      s.cap = cap0;
+      s.maxcap = 64;
+    }
+    const Tensor xt = torch::stable::narrow(const_cast<Tensor&>(x), 0, r0, rows);
+    for (int64_t c0 = 0; c0 < Ny; c0 += kTileCols) {
+      const int64_t cols = std::min(kTileCols, Ny - c0);
+      const Tensor yt = torch::stable::narrow(const_cast<Tensor&>(y), 0, c0, cols);
+      Tensor prod = torch::stable::matmul(xt, torch::stable::transpose(yt, 0, 1));
+      prod = torch::stable::contiguous(prod);
+      const T* pp = static_cast<const T*>(prod.const_data_ptr());
+      const double ynorm_max = *std::max_element(ynorm.begin() + c0, ynorm.begin() + c0 + cols);
+      const double yn_max = *std::max_element(yn.begin() + c0, yn.begin() + c0 + cols);
+      torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          update_row<T>(states[r], pp + r * cols, xn[r0 + r], xnorm[r0 + r], yn.data() + c0,
+                        ynorm.data() + c0, c0, cols, k, rel_dot, rel_sq, ynorm_max, yn_max);
+        }
+      });
+    }
+    torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
+      std::vector<std::pair<double, int64_t>> exact;
+      for (int64_t r = b; r < e; ++r) {
+        RowState& st = states[r];
+        const int64_t i = r0 + r;
+        const T* xi = xp + i * D;
+        st.prune_cand(st.upper(k));
+        exact.clear();
+        for (const auto& c : st.cand) exact.emplace_back(exact_sq<T>(xi, yp + c.second * D, D), c.second);
+        const int64_t take = std::min<int64_t>(k, static_cast<int64_t>(exact.size()));
+        std::partial_sort(exact.begin(), exact.begin() + take, exact.end());
+        for (int64_t t = 0; t < k; ++t) {
+          out_d[i * k + t] = t < take ? exact[t].first : inf;
+          out_i[i * k + t] = t < take ? exact[t].second + offset : -1;
+        }
+        st.prune_max();
+        double m = -inf;
+        for (const auto& c : st.maxc) m = std::max(m, exact_sq<T>(xi, yp + c.second * D, D));
+        out_max[i] = m;
+        st = RowState();  // free the row's buffers
+      }
+    });
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> knn_cpu(const Tensor& x, const Tensor& y, int64_t k,
+                                           int64_t index_offset) {
+  check_dim(x, 2, "x");
+  check_dim(y, 2, "y");
+  check_floating(x, "x");
+  STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), "knn: x and y must have the same dtype");
+  STD_TORCH_CHECK(x.size(1) == y.size(1), "knn: x and y must have the same feature dimension");
+  STD_TORCH_CHECK(x.is_contiguous() && y.is_contiguous(), "knn: x and y must be contiguous");
+  STD_TORCH_CHECK(k >= 1, "knn: k must be >= 1");
+  const int64_t M = x.size(0);
+  auto dist = torch::stable::empty({M, k}, ScalarType::Double, std::nullopt, x.device());
+  auto idx = torch::stable::empty({M, k}, ScalarType::Long, std::nullopt, x.device());
+  auto rmax = torch::stable::empty({M}, ScalarType::Double, std::nullopt, x.device());
+  if (M == 0) return {dist, idx, rmax};
+  double* dp = dist.mutable_data_ptr<double>();
+  int64_t* ip = idx.mutable_data_ptr<int64_t>();
+  double* mp = rmax.mutable_data_ptr<double>();
+  REIDKERN_DISPATCH_FLOATING(x, "knn", [&] {
+    knn_impl<scalar_t>(x, y, k, index_offset, dp, ip, mp);
+  });
+  return {dist, idx, rmax};
+}
+
+}  // namespace
+
+STABLE_TORCH_LIBRARY_IMPL(reidkern, CPU, m) {
+  m.impl("knn", TORCH_BOX(&knn_cpu));
+}
+
+}  // namespace reidkern

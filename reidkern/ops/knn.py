@@ -1,0 +1,71 @@
+"""Op ``reidkern::knn``: k nearest neighbours by exact squared Euclidean distance, O(M k) memory.
+
+For each row of ``x`` the k nearest rows of ``y`` (ties by index) and the row's maximum distance
+over all of ``y`` -- what k-reciprocal re-ranking needs without an M x Ny matrix. Kernels:
+csrc/cpu/knn.cpp (BLAS tiles + exact float64 recheck of the candidates), csrc/cuda/knn.cu and
+reidkern/triton/knn.py (tiled float64 distances); oracle in reidkern/ops/reference/knn.py.
+"""
+import torch
+
+from reidkern._library import native_available
+from reidkern.ops import _validate as V
+from reidkern.ops._backend import resolve_backend
+from reidkern.ops.reference.knn import knn_reference
+
+if native_available():
+    @torch.library.register_fake("reidkern::knn")
+    def _(x, y, k, index_offset):
+        m = x.shape[0]
+        return (x.new_empty((m, k), dtype=torch.float64), x.new_empty((m, k), dtype=torch.int64),
+                x.new_empty((m,), dtype=torch.float64))
+
+
+def _features(t, name):
+    t = V.floating(V.as_tensor(t, name), name)
+    V.check_ndim(t, 2, name, "[num_samples, dim]")
+    V.check_finite(t, name)
+    return t
+
+
+def knn(x, y, k, index_offset=0, backend=None):
+    """The k nearest rows of ``y`` for every row of ``x`` and each row's maximum distance.
+
+    Distance: squared Euclidean, exactly as float64 computes sum_d (x_d - y_d)^2 in d order (a
+    sample's distance to itself is exactly 0, and d(a, b) == d(b, a)). The C++ kernel finds
+    candidates with a BLAS product in the inputs' dtype and a rigorous rounding bound, then
+    recomputes the candidates exactly, so the neighbours and their order (ties by index) are those
+    of the float64 distances. Peak memory: O(tile + M k).
+
+    Args:
+        x: [M, D] float32/float64 features (float16/bfloat16 widened to float32).
+        y: [Ny, D] features, same device as x (dtypes unified to the wider one).
+        k: neighbours per row (>= 1); rows of a y with fewer than k rows are padded with
+            (inf, -1).
+        index_offset: added to the returned indices (y is a slice starting at this row).
+        backend: "cpp" | "cuda" | "triton" | "reference" (see reidkern.ops._backend).
+
+    Returns:
+        ``(distances [M, k] float64, indices [M, k] int64, row_max [M] float64)``, nearest first;
+        row_max is -inf when y is empty.
+
+    Raises:
+        ValueError: not 2-D, different feature dimensions, devices that differ, NaN/inf, k < 1.
+        TypeError: non-numeric inputs.
+    """
+    x = _features(x, "x")
+    y = _features(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same feature dimension, got {x.shape[1]} and {y.shape[1]}")
+    if x.device != y.device:
+        raise ValueError(f"x is on {x.device} but y is on {y.device}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if x.dtype != y.dtype:
+        x, y = x.double(), y.double()
+    choice = resolve_backend("knn", x.device, backend)
+    if choice in ("cpp", "cuda"):
+        return torch.ops.reidkern.knn(x.contiguous(), y.contiguous(), k, int(index_offset))
+    if choice == "triton":
+        from reidkern.triton.knn import knn_triton
+        return knn_triton(x.contiguous(), y.contiguous(), k, int(index_offset))
+    return knn_reference(x, y, k, int(index_offset))

@@ -1,0 +1,90 @@
+"""knn (exact float64 k nearest neighbours + row maximum) against the float64 reference."""
+import pytest
+import torch
+
+import reidkern
+from reidkern.ops import knn
+from reidkern.ops.reference.knn import knn_reference
+from reidkern.testing import assert_close, backends_for, opcheck
+
+BACKENDS = backends_for("cpu", supported=("cpp", "cuda", "triton", "reference"))
+
+
+def clustered(n, dim, num_ids, seed, dtype=torch.float32, spread=0.3):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(num_ids, dim, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, num_ids, (n,), generator=g)
+    return (centers[ids] + spread * torch.randn(n, dim, generator=g, dtype=torch.float64)).to(dtype)
+
+
+def check(out, ref):
+    d, i, m = out
+    rd, ri, rm = ref
+    assert torch.equal(i.cpu(), ri), "neighbour indices differ"
+    assert_close(d, rd, dtype=torch.float64, rtol=1e-12, atol=1e-12)
+    assert_close(m, rm, dtype=torch.float64, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 3), (7, 5, 3, 4), (23, 41, 9, 17), (40, 33, 33, 8)])
+def test_matches_reference(backend, dtype, shape):
+    m, n, k, dim = shape
+    x = clustered(m, dim, 4, seed=m * 7 + n, dtype=dtype)
+    y = clustered(n, dim, 4, seed=n * 3 + k, dtype=dtype)
+    check(knn(x, y, k, backend=backend), knn_reference(x, y, k))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_are_ordered_by_index(backend):
+    # Integer features from a tiny range: many exactly equal distances and duplicate rows.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 3, (29, 4), generator=g).float()
+    out = knn(x, x, 12, backend=backend)
+    check(out, knn_reference(x, x, 12))
+    d, i, _ = out
+    assert (d[:, :-1] <= d[:, 1:]).all()
+    same = d[:, :-1] == d[:, 1:]
+    assert (i[:, :-1][same] < i[:, 1:][same]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padding_offset_and_noncontiguous(backend):
+    x = clustered(9, 6, 3, seed=2, dtype=torch.float64)
+    y = clustered(4, 12, 3, seed=3, dtype=torch.float64)[:, ::2]  # non-contiguous
+    assert not y.is_contiguous()
+    d, i, m = knn(x, y, 6, index_offset=100, backend=backend)
+    rd, ri, rm = knn_reference(x, y, 6, index_offset=100)
+    assert torch.equal(i.cpu(), ri) and (i[:, 4:] == -1).all() and (i[:, :4] >= 100).all()
+    assert torch.isinf(d[:, 4:]).all()
+    assert_close(d[:, :4], rd[:, :4], dtype=torch.float64, rtol=1e-12, atol=1e-12)
+    assert_close(m, rm, dtype=torch.float64, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS, reason="compiled library not built")
+def test_cpp_tiles_and_large_norms():
+    # More rows and columns than one tile (256 x 4096); a large common offset makes the BLAS
+    # cancellation error large, so the exact recheck must do the ranking.
+    x = clustered(300, 5, 40, seed=4, dtype=torch.float32, spread=0.05) + 1000.0
+    y = torch.cat([x, clustered(4000, 5, 40, seed=5, dtype=torch.float32, spread=0.05) + 1000.0])
+    check(knn(x, y, 7, backend="cpp"), knn_reference(x, y, 7))
+
+
+@pytest.mark.skipif(not reidkern.build_info()["native"], reason="compiled library not built")
+def test_opcheck():
+    x = clustered(6, 5, 2, seed=6)
+    y = clustered(9, 5, 2, seed=7)
+    opcheck(torch.ops.reidkern.knn.default, (x, y, 4, 0))
+    opcheck(torch.ops.reidkern.knn.default, (x.double(), y.double(), 12, 3))
+
+
+def test_bad_input():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="feature dimension"):
+        knn(x, torch.randn(5, 2), 2)
+    with pytest.raises(ValueError, match="k must"):
+        knn(x, x, 0)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        knn(torch.randn(3), x, 1)
+    with pytest.raises(ValueError, match="y contains NaN"):
+        knn(x, torch.full((2, 3), float("nan")), 1)
