@@ -57,6 +57,9 @@ def test_cli_eval_on_npz(tmp_path, capsys):
     assert main(["eval", "--query", str(tmp_path / "q.npz"), "--gallery", str(tmp_path / "g.npz")]) == 0
     out = capsys.readouterr().out
     assert "Rank-1" in out and "mAP" in out and "mINP" in out and "time" in out
+    assert main(["eval", "--query", str(tmp_path / "q.npz"), "--gallery", str(tmp_path / "g.npz"),
+                 "--rerank", "--k1", "5", "--k2", "2", "--max-rank", "5"]) == 0
+    assert "k-reciprocal" in capsys.readouterr().out
     np.savez(tmp_path / "bad.npz", feats=feats)
     with pytest.raises(SystemExit, match="lacks"):
         main(["eval", "--query", str(tmp_path / "bad.npz"), "--gallery", str(tmp_path / "g.npz")])
