@@ -15,6 +15,7 @@
 // three times (AVX-512 / AVX2+FMA / baseline vectors) and picked from the CPU's features at run time.
 #include "common.h"
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -304,6 +305,7 @@ REIDKERN_INLINE T exp_sub_sum(T* row, int64_t n, T m) {
 struct AttnGeom {
   int64_t B, H, Nq, L, D;
   bool q_bcast;
+  bool blas;  // per-(b, h) GEMMs through torch's mm (BLAS) instead of the inline micro-kernels
   int64_t qs0, qs1, qs2, ks0, ks1, ks2, vs0, vs1, vs2;
 };
 
@@ -318,6 +320,183 @@ inline int64_t valid_keys(const bool* mask, int64_t b, int64_t L, int32_t* keys)
   for (int64_t j = 0; j < L; ++j)
     if (!m[j]) keys[n++] = static_cast<int32_t>(j);
   return n;
+}
+
+// C[m, n] (row stride ldc, unit column stride) = A[m, k] . B[k, n], A and B given by strides,
+// through torch's aten::mm.out (BLAS; single-threaded inside a parallel_for task). Only views of
+// existing memory are made: nothing is allocated.
+struct Blas {
+  torch::stable::Device dev;
+  ScalarType st;
+  void mm(const void* a, int64_t m, int64_t k, int64_t a_rs, int64_t a_cs, const void* b,
+          int64_t n, int64_t b_rs, int64_t b_cs, void* c, int64_t ldc) const {
+    Tensor A = torch::stable::from_blob(const_cast<void*>(a), {m, k}, {a_rs, a_cs}, dev, st);
+    Tensor Bm = torch::stable::from_blob(const_cast<void*>(b), {k, n}, {b_rs, b_cs}, dev, st);
+    Tensor C = torch::stable::from_blob(c, {m, n}, {ldc, 1}, dev, st);
+    std::array<StableIValue, 3> stack{torch::stable::detail::from(A),
+                                      torch::stable::detail::from(Bm),
+                                      torch::stable::detail::from(C)};
+    STABLE_TORCH_ERROR_CODE_CHECK(
+        torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
+    (void)torch::stable::detail::to<Tensor>(stack[0]);  // release the returned reference
+  }
+};
+
+// Per (b, h) work above which the GEMMs go through BLAS (below, its call overhead dominates).
+constexpr int64_t kBlasMinMacs = int64_t(1) << 16;
+
+// row[j] *= scale over n values (padded keys, when pad is given, set to -inf); returns the max and,
+// through sum, the sum over the valid values.
+template <typename T, int VB>
+REIDKERN_INLINE T scale_max_sum(T* row, int64_t n, T scale, const bool* pad, T& sum) {
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  T mx = ninf, sm = T(0);
+  int64_t j = 0;
+  if (pad == nullptr) {
+    Vt vmx = Vt{} + ninf, vsm = {};
+    for (; j + W <= n; j += W) {
+      const Vt x = vec::load<VB>(row + j) * scale;
+      vec::store(row + j, x);
+      vmx = x > vmx ? x : vmx;
+      vsm += x;
+    }
+    for (int t = 0; t < W; ++t) mx = vmx[t] > mx ? vmx[t] : mx;
+    sm = vec::hsum<T, Vt>(vsm);
+    for (; j < n; ++j) {
+      const T x = row[j] * scale;
+      row[j] = x;
+      mx = x > mx ? x : mx;
+      sm += x;
+    }
+  } else {
+    for (; j < n; ++j) {
+      if (pad[j]) {
+        row[j] = ninf;
+      } else {
+        const T x = row[j] * scale;
+        row[j] = x;
+        mx = x > mx ? x : mx;
+        sm += x;
+      }
+    }
+  }
+  sum = sm;
+  return mx;
+}
+
+// Forward of one (b, h) with BLAS GEMMs over all L keys (padded keys get probability 0).
+template <typename T, int VB>
+REIDKERN_INLINE void attn_fwd_task_blas(const AttnGeom& g, const Blas& blas, const T* q,
+                                        const T* k, const T* v, const bool* mask, T scale, T* out,
+                                        T* lse, T* mean, T* weights, int64_t bh, T* s) {
+  const int64_t b = bh / g.H, h = bh % g.H, Nq = g.Nq, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  T* ob = out + bh * Nq * D;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  int64_t nv = L;
+  if (pad) {
+    nv = 0;
+    for (int64_t j = 0; j < L; ++j) nv += pad[j] ? 0 : 1;
+  }
+  if (nv == 0) {
+    for (int64_t t = 0; t < Nq * D; ++t) ob[t] = T(0);
+    for (int64_t i = 0; i < Nq; ++i) {
+      lse[bh * Nq + i] = -std::numeric_limits<T>::infinity();
+      mean[bh * Nq + i] = T(0);
+    }
+    if (weights)
+      for (int64_t t = 0; t < Nq * L; ++t) weights[bh * Nq * L + t] = T(0);
+    return;
+  }
+  blas.mm(qb, Nq, D, g.qs2, 1, kb, L, 1, g.ks2, s, L);  // S = Q K^T
+  for (int64_t i = 0; i < Nq; ++i) {
+    T* row = s + i * L;
+    T sum_logit;
+    const T mx = scale_max_sum<T, VB>(row, L, scale, pad, sum_logit);
+    const T denom = vec::exp_sub_sum<T, VB>(row, L, mx);  // padded: exp(-inf) = 0
+    const T inv = T(1) / denom;
+    for (int64_t j = 0; j < L; ++j) row[j] *= inv;
+    lse[bh * Nq + i] = mx + std::log(denom);
+    mean[bh * Nq + i] = sum_logit / T(nv);
+    if (weights) {
+      T* w = weights + (bh * Nq + i) * L;
+      for (int64_t j = 0; j < L; ++j) w[j] = row[j];
+    }
+  }
+  blas.mm(s, Nq, L, L, 1, vb, D, g.vs2, 1, ob, D);  // O = P V
+}
+
+// Backward of one (b, h) with BLAS GEMMs over all L keys (padded keys: P = dS = 0, so their dK and
+// dV rows come out 0).
+template <typename T, int VB>
+REIDKERN_INLINE void attn_bwd_task_blas(const AttnGeom& g, const Blas& blas, const T* dout,
+                                        const T* gw, const T* gmean, const T* q, const T* k,
+                                        const T* v, const bool* mask, T scale, const T* lse, T* dq,
+                                        T* dk, int64_t dks0, int64_t dks1, int64_t dks2, T* dv,
+                                        int64_t dvs0, int64_t dvs1, int64_t dvs2, int64_t bh, T* p,
+                                        T* ds) {
+  const int64_t b = bh / g.H, h = bh % g.H, Nq = g.Nq, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  const T* dob = dout + bh * Nq * D;
+  T* dqb = dq + bh * Nq * D;
+  T* dkb = dk + b * dks0 + h * dks1;
+  T* dvb = dv + b * dvs0 + h * dvs1;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  int64_t nv = L;
+  if (pad) {
+    nv = 0;
+    for (int64_t j = 0; j < L; ++j) nv += pad[j] ? 0 : 1;
+  }
+  if (nv == 0) {
+    for (int64_t t = 0; t < Nq * D; ++t) dqb[t] = T(0);
+    for (int64_t j = 0; j < L; ++j)
+      for (int64_t d = 0; d < D; ++d) dkb[j * dks2 + d] = dvb[j * dvs2 + d] = T(0);
+    return;
+  }
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  blas.mm(qb, Nq, D, g.qs2, 1, kb, L, 1, g.ks2, p, L);   // S = Q K^T (unscaled)
+  blas.mm(dob, Nq, D, D, 1, vb, L, 1, g.vs2, ds, L);     // dP = dO V^T
+  for (int64_t i = 0; i < Nq; ++i) {
+    T* prow = p + i * L;
+    T* drow = ds + i * L;
+    const T l = lse[bh * Nq + i];
+    T unused;
+    scale_max_sum<T, VB>(prow, L, scale, pad, unused);  // scaled logits, padded -> -inf
+    vec::exp_sub_sum<T, VB>(prow, L, l);                // P = exp(S - lse)
+    if (gw) {
+      const T* gwr = gw + (bh * Nq + i) * L;
+      for (int64_t j = 0; j < L; ++j) drow[j] += gwr[j];
+    }
+    T delta = T(0);
+    int64_t j = 0;
+    {
+      Vt acc = {};
+      for (; j + W <= L; j += W) acc += vec::load<VB>(prow + j) * vec::load<VB>(drow + j);
+      delta = vec::hsum<T, Vt>(acc);
+      for (; j < L; ++j) delta += prow[j] * drow[j];
+    }
+    const T gm = gmean ? gmean[bh * Nq + i] / T(nv) : T(0);
+    // dS' = scale (P (dP - delta) + gm) on valid keys, 0 on padded ones
+    j = 0;
+    for (; j + W <= L; j += W) {
+      const Vt pv = vec::load<VB>(prow + j);
+      vec::store(drow + j, scale * (pv * (vec::load<VB>(drow + j) - delta) + gm));
+    }
+    for (; j < L; ++j) drow[j] = scale * (prow[j] * (drow[j] - delta) + gm);
+    if (pad)
+      for (int64_t jj = 0; jj < L; ++jj)
+        if (pad[jj]) drow[jj] = T(0);
+  }
+  blas.mm(ds, Nq, L, L, 1, kb, D, g.ks2, 1, dqb, D);     // dQ = dS' K
+  blas.mm(ds, L, Nq, 1, L, qb, D, g.qs2, 1, dkb, dks2);  // dK = dS'^T Q
+  blas.mm(p, L, Nq, 1, L, dob, D, D, 1, dvb, dvs2);      // dV = P^T dO
 }
 
 template <typename T, int VB>
@@ -424,8 +603,14 @@ REIDKERN_INLINE void attn_bwd_task(const AttnGeom& g, const T* dout, const T* gw
 template <typename T, int VB>
 REIDKERN_INLINE void attn_fwd_range(const AttnGeom& g, const T* q, const T* k, const T* v,
                                     const bool* mask, T scale, T* out, T* lse, T* mean, T* weights,
-                                    int64_t begin, int64_t end) {
+                                    const Blas& blas, int64_t begin, int64_t end) {
   std::vector<T> S(g.Nq * g.L);
+  if (g.blas) {
+    for (int64_t bh = begin; bh < end; ++bh)
+      attn_fwd_task_blas<T, VB>(g, blas, q, k, v, mask, scale, out, lse, mean, weights, bh,
+                                S.data());
+    return;
+  }
   std::vector<int32_t> keys(g.L);
   for (int64_t bh = begin; bh < end; ++bh)
     attn_fwd_task<T, VB>(g, q, k, v, mask, scale, out, lse, mean, weights, bh, S, keys);
@@ -436,8 +621,14 @@ REIDKERN_INLINE void attn_bwd_range(const AttnGeom& g, const T* dout, const T* g
                                     const T* q, const T* k, const T* v, const bool* mask, T scale,
                                     const T* lse, T* dq, T* dk, int64_t dks0, int64_t dks1,
                                     int64_t dks2, T* dv, int64_t dvs0, int64_t dvs1, int64_t dvs2,
-                                    int64_t begin, int64_t end) {
+                                    const Blas& blas, int64_t begin, int64_t end) {
   std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
+  if (g.blas) {
+    for (int64_t bh = begin; bh < end; ++bh)
+      attn_bwd_task_blas<T, VB>(g, blas, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0,
+                                dks1, dks2, dv, dvs0, dvs1, dvs2, bh, P.data(), dS.data());
+    return;
+  }
   std::vector<int32_t> keys(g.L);
   for (int64_t bh = begin; bh < end; ++bh)
     attn_bwd_task<T, VB>(g, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0, dks1, dks2,
@@ -506,6 +697,7 @@ AttnGeom check_geometry(const Tensor& q, const Tensor& k, const Tensor& v,
   g.qs0 = q.stride(0); g.qs1 = q.stride(1); g.qs2 = q.stride(2);
   g.ks0 = k.stride(0); g.ks1 = k.stride(1); g.ks2 = k.stride(2);
   g.vs0 = v.stride(0); g.vs1 = v.stride(1); g.vs2 = v.stride(2);
+  g.blas = g.Nq * g.L * g.D >= kBlasMinMacs;
   if (mask.has_value()) {
     check_dim(*mask, 2, "key_padding_mask");
     check_dtype(*mask, ScalarType::Bool, "key_padding_mask");
@@ -528,6 +720,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cpu(
                      ? torch::stable::empty({g.B, g.H, g.Nq, g.L}, st, std::nullopt, dev)
                      : torch::stable::empty({0}, st, std::nullopt, dev);
   const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  const Blas blas{dev, st};
   REIDKERN_DISPATCH_FLOATING(q, "template_attention_fwd", [&] {
     const scalar_t* qp = static_cast<const scalar_t*>(q.const_data_ptr());
     const scalar_t* kp = static_cast<const scalar_t*>(k.const_data_ptr());
@@ -537,7 +730,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cpu(
     scalar_t* mp = static_cast<scalar_t*>(mean.mutable_data_ptr());
     scalar_t* wp = return_weights ? static_cast<scalar_t*>(weights.mutable_data_ptr()) : nullptr;
     torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
-      attn_fwd<scalar_t>(g, qp, kp, vp, m, scalar_t(scale), op, lp, mp, wp, begin, end);
+      attn_fwd<scalar_t>(g, qp, kp, vp, m, scalar_t(scale), op, lp, mp, wp, blas, begin, end);
     });
   });
   return {out, lse, mean, weights};
@@ -569,6 +762,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
   auto dv = torch::stable::empty_like(v);
   STD_TORCH_CHECK(dk.stride(3) == 1 && dv.stride(3) == 1, "unexpected gradient layout");
   const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  const Blas blas{dev, st};
   REIDKERN_DISPATCH_FLOATING(q, "template_attention_bwd", [&] {
     using T = scalar_t;
     const T* gop = static_cast<const T*>(grad_out.const_data_ptr());
@@ -585,7 +779,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
     const int64_t c0 = dv.stride(0), c1 = dv.stride(1), c2 = dv.stride(2);
     torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
       attn_bwd<T>(g, gop, gwp, gmp, qp, kp, vp, m, T(scale), lp, dqp, dkp, a0, a1, a2, dvp, c0, c1,
-                  c2, begin, end);
+                  c2, blas, begin, end);
     });
   });
   return {dq, dk, dv};
