@@ -15,6 +15,10 @@
 // three times (AVX-512 / AVX2+FMA / baseline vectors) and picked from the CPU's features at run time.
 #include "common.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <array>
 #include <cmath>
 #include <limits>
@@ -37,6 +41,22 @@ namespace {
 #else
 #define REIDKERN_X86 0
 #endif
+
+// Asks Linux for transparent huge pages on a fresh output buffer before its first touch: the
+// kernel then maps it in 2 MiB instead of 4 KiB pages, which halves the time spent faulting in
+// (and zeroing) big gradients. A hint only; no effect where unsupported or for small buffers.
+inline void advise_huge_pages(void* p, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (p == nullptr || nbytes < int64_t(8 * kHuge)) return;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(nbytes)) & ~(kHuge - 1);
+  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)nbytes;
+#endif
+}
 
 enum class Isa { Base, Avx2, Avx512 };
 
@@ -729,6 +749,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cpu(
     scalar_t* lp = static_cast<scalar_t*>(lse.mutable_data_ptr());
     scalar_t* mp = static_cast<scalar_t*>(mean.mutable_data_ptr());
     scalar_t* wp = return_weights ? static_cast<scalar_t*>(weights.mutable_data_ptr()) : nullptr;
+    advise_huge_pages(op, g.B * g.H * g.Nq * g.D * int64_t(sizeof(scalar_t)));
+    if (wp) advise_huge_pages(wp, g.B * g.H * g.Nq * g.L * int64_t(sizeof(scalar_t)));
     torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
       attn_fwd<scalar_t>(g, qp, kp, vp, m, scalar_t(scale), op, lp, mp, wp, blas, begin, end);
     });
@@ -775,6 +797,9 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
     T* dqp = static_cast<T*>(dq.mutable_data_ptr());
     T* dkp = static_cast<T*>(dk.mutable_data_ptr());
     T* dvp = static_cast<T*>(dv.mutable_data_ptr());
+    advise_huge_pages(dqp, g.B * g.H * g.Nq * g.D * int64_t(sizeof(T)));
+    advise_huge_pages(dkp, dk.numel() * int64_t(sizeof(T)));
+    advise_huge_pages(dvp, dv.numel() * int64_t(sizeof(T)));
     const int64_t a0 = dk.stride(0), a1 = dk.stride(1), a2 = dk.stride(2);
     const int64_t c0 = dv.stride(0), c1 = dv.stride(1), c2 = dv.stride(2);
     torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
