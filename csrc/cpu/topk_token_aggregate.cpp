@@ -37,7 +37,7 @@ namespace {
 inline void advise_huge_pages(void* p, int64_t nbytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (p == nullptr || nbytes < int64_t(8 * kHuge)) return;
+  if (p == nullptr || nbytes < int64_t(2 * kHuge)) return;
   const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(nbytes)) & ~(kHuge - 1);
   if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
