@@ -100,10 +100,22 @@ def test_large_head_dim_and_many_queries(backend):
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", ["transposed_kv", "shared_kv", "padded", "many_queries"])
+@pytest.mark.parametrize("case", ["transposed_kv", "shared_kv", "padded", "many_queries",
+                                  "few_queries_wide", "few_queries_blas", "mid_queries_small"])
 def test_gemm_sized_heads(backend, dtype, case):
-    # per-(batch, head) work large enough for the CPU kernel's BLAS path (Nq * L * D >= 2^16)
-    if case == "transposed_kv":
+    # Each CPU kernel path: BLAS GEMMs (Nq > 8 or D > 128, Nq * L * D >= 2^16), the few-query
+    # kernels (Nq <= 8) with several column strips and key tiles plus tails, the small-head
+    # dot-product kernels (Nq > 8, little work).
+    if case == "few_queries_wide":
+        q, k, v = make(3, 2, 6, 67, 100, dtype=dtype, seed=25, transposed_kv=True)
+        check(backend, q, k, v, make_mask(3, 67, full_row=0))
+    elif case == "few_queries_blas":
+        q, k, v = make(2, 1, 8, 40, 260, q_batch1=True, dtype=dtype, seed=26)
+        check(backend, q, k, v, make_mask(2, 40))
+    elif case == "mid_queries_small":
+        q, k, v = make(3, 2, 12, 23, 10, q_batch1=True, dtype=dtype, seed=27)
+        check(backend, q, k, v, make_mask(3, 23, full_row=1))
+    elif case == "transposed_kv":
         q, k, v = make(2, 2, 9, 67, 120, dtype=dtype, seed=21, transposed_kv=True)
         check(backend, q, k, v)
     elif case == "shared_kv":  # dictionary atoms: one [1, H, L, D] set expanded over the batch
@@ -120,7 +132,7 @@ def test_gemm_sized_heads(backend, dtype, case):
         for name, a, b in zip("qkv", grads, refg):
             assert_close(a, b, msg=f"grad {name}", **tol)
     elif case == "padded":
-        q, k, v = make(3, 1, 7, 97, 101, q_batch1=True, dtype=dtype, seed=23)
+        q, k, v = make(3, 1, 11, 97, 101, q_batch1=True, dtype=dtype, seed=23)
         check(backend, q, k, v, make_mask(3, 97, full_row=2), scale=0.3)
     else:
         q, k, v = make(2, 1, 40, 45, 37, dtype=dtype, seed=24)

@@ -1,18 +1,26 @@
 // CPU kernels of reidkern::template_attention_fwd / _bwd: a few learned queries (Nq <= 32) over up
-// to 512 keys with head dim up to 512, forward and backward fused per (batch, head).
+// to 512 keys with head dim up to 512 (and LGUR's 192 queries over 400 dictionary atoms), forward
+// and backward fused per (batch, head).
 //
 // One task per (b, h), run by torch's intra-op pool. A task keeps its logits / probabilities
-// [Nq, L] in a small thread-local buffer (<= 64 KiB), never a [B, H, Nq, L] tensor unless the
-// weights are asked for. Padded keys are dropped up front (the task works on the compacted list of
-// valid keys). Forward saves the log-sum-exp per query row; backward recomputes the probabilities
+// [Nq, L] in a small thread-local buffer, never a [B, H, Nq, L] tensor unless the weights are
+// asked for. Forward saves the log-sum-exp per query row; backward recomputes the probabilities
 // from it (flash-attention style) and needs neither the weights nor the output:
 //   P = exp(S - lse), dP = dO V^T (+ grad of the returned weights), delta_i = sum_j P_ij dP_ij,
 //   dS = P (dP - delta) + grad_mean_i / n_valid, dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO.
 // A query row whose keys are all padding gets zero output, zero weights, zero mean logit, lse=-inf
 // and zero gradients.
 //
-// The inner loops are small register-tiled GEMMs written with GCC vector extensions, compiled
-// three times (AVX-512 / AVX2+FMA / baseline vectors) and picked from the CPU's features at run time.
+// Three ways to run a task's GEMMs, chosen from the shape (AttnGeom::few / ::blas):
+//   * Nq <= 8 (and D <= 128 or little work): keys-major kernels with one vector lane per query
+//     (S^T = K Q^T as broadcast-FMA outer products, softmax on whole vectors, the query rows held
+//     in registers for P V, dS K, dS^T Q, P^T dO); padded keys stay in with probability 0.
+//   * otherwise, with Nq * L * D >= 2^16: torch's mm.out (BLAS) on views of the task's memory;
+//     padded keys stay in with probability 0.
+//   * small tasks: register-tiled dot-product kernels on the compacted list of valid keys.
+// The hand-written loops use GCC vector extensions, compiled three times (AVX-512 / AVX2+FMA /
+// baseline vectors) and picked from the CPU's features at run time. Big fresh outputs get a
+// transparent-huge-page hint before their first touch.
 #include "common.h"
 
 #if defined(__linux__)
@@ -325,6 +333,7 @@ REIDKERN_INLINE T exp_sub_sum(T* row, int64_t n, T m) {
 struct AttnGeom {
   int64_t B, H, Nq, L, D;
   bool q_bcast;
+  bool few;   // Nq <= 8: keys-major kernels with one vector lane per query
   bool blas;  // per-(b, h) GEMMs through torch's mm (BLAS) instead of the inline micro-kernels
   int64_t qs0, qs1, qs2, ks0, ks1, ks2, vs0, vs1, vs2;
 };
@@ -519,6 +528,335 @@ REIDKERN_INLINE void attn_bwd_task_blas(const AttnGeom& g, const Blas& blas, con
   blas.mm(p, L, Nq, 1, L, dob, D, D, 1, dvb, dvs2);      // dV = P^T dO
 }
 
+// ---- few queries (Nq <= 8): keys-major kernels with the queries in the lanes of one vector ------
+// Q^T (and dO^T) are packed as [D] vectors of 8 lanes, so S^T[j] = sum_d K[j, d] Q^T[d] is an
+// outer-product GEMM (broadcast K, 8 keys per register tile) with no horizontal sums; softmax,
+// delta and dS run on whole vectors (one lane per query); P V, dS K, dS^T Q and P^T dO keep the
+// NQ query rows (or their coefficients) in registers while streaming the key rows once.
+constexpr int64_t kFewQueries = 8;
+// Above this head dim (and with enough work for BLAS) BLAS's GEMMs measured faster (LGUR PGU,
+// D = 512); below it the few-query kernels are 1.3-2x faster than BLAS and the dot-product kernels.
+constexpr int64_t kFewMaxD = 128;
+
+template <typename T>
+struct FewQ {
+  static constexpr int QB = 8 * int(sizeof(T));  // bytes of an 8-lane vector
+  typedef typename vec::V<T, QB>::type Qv;
+};
+
+template <typename T>
+REIDKERN_INLINE typename FewQ<T>::Qv qexp(typename FewQ<T>::Qv x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return vec::exp_f32<32>(x);
+  } else {
+    typename FewQ<T>::Qv y;
+    for (int t = 0; t < 8; ++t) y[t] = std::exp(x[t]);
+    return y;
+  }
+}
+
+// P[d][i] = X[i * xs + d] for i < NQ, 0 for the other lanes.
+template <typename T, int NQ>
+REIDKERN_INLINE void pack_lanes(int64_t D, const T* X, int64_t xs, typename FewQ<T>::Qv* P) {
+  for (int64_t d = 0; d < D; ++d) {
+    typename FewQ<T>::Qv p = {};
+    for (int i = 0; i < NQ; ++i) p[i] = X[i * xs + d];
+    P[d] = p;
+  }
+}
+
+// out[j] = sum_d X[j * xs + d] P[d]   (8 rows of X per register tile)
+template <typename T>
+REIDKERN_INLINE void rows_dot_packed(int64_t L, int64_t D, const T* X, int64_t xs,
+                                     const typename FewQ<T>::Qv* P, typename FewQ<T>::Qv* out) {
+  using Qv = typename FewQ<T>::Qv;
+  int64_t j = 0;
+  for (; j + 8 <= L; j += 8) {
+    const T* x0 = X + j * xs;
+    const T* x1 = x0 + xs;
+    const T* x2 = x1 + xs;
+    const T* x3 = x2 + xs;
+    const T* x4 = x3 + xs;
+    const T* x5 = x4 + xs;
+    const T* x6 = x5 + xs;
+    const T* x7 = x6 + xs;
+    Qv a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const Qv p = P[d];
+      a0 += x0[d] * p; a1 += x1[d] * p; a2 += x2[d] * p; a3 += x3[d] * p;
+      a4 += x4[d] * p; a5 += x5[d] * p; a6 += x6[d] * p; a7 += x7[d] * p;
+    }
+    out[j] = a0; out[j + 1] = a1; out[j + 2] = a2; out[j + 3] = a3;
+    out[j + 4] = a4; out[j + 5] = a5; out[j + 6] = a6; out[j + 7] = a7;
+  }
+  for (; j < L; ++j) {
+    const T* x0 = X + j * xs;
+    Qv a0 = {};
+    for (int64_t d = 0; d < D; ++d) a0 += x0[d] * P[d];
+    out[j] = a0;
+  }
+}
+
+// out[i * ldo + c] = sum_j A[j][i] X[j * xs + c] for i < NQ (P V, dS K): NQ x 2 vectors of
+// accumulators per column strip.
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void lanes_times_rows(int64_t L, int64_t D, const typename FewQ<T>::Qv* A,
+                                      const T* X, int64_t xs, T* out, int64_t ldo) {
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  const T* a = reinterpret_cast<const T*>(A);  // a[j * 8 + i]
+  int64_t c = 0;
+  for (; c + 2 * W <= D; c += 2 * W) {
+    Vt acc0[NQ], acc1[NQ];
+    for (int i = 0; i < NQ; ++i) acc0[i] = acc1[i] = Vt{};
+    for (int64_t j = 0; j < L; ++j) {
+      const Vt x0 = vec::load<VB>(X + j * xs + c), x1 = vec::load<VB>(X + j * xs + c + W);
+      for (int i = 0; i < NQ; ++i) {
+        const T s = a[j * 8 + i];
+        acc0[i] += s * x0;
+        acc1[i] += s * x1;
+      }
+    }
+    for (int i = 0; i < NQ; ++i) {
+      vec::store(out + i * ldo + c, acc0[i]);
+      vec::store(out + i * ldo + c + W, acc1[i]);
+    }
+  }
+  for (; c + W <= D; c += W) {
+    Vt acc0[NQ];
+    for (int i = 0; i < NQ; ++i) acc0[i] = Vt{};
+    for (int64_t j = 0; j < L; ++j) {
+      const Vt x0 = vec::load<VB>(X + j * xs + c);
+      for (int i = 0; i < NQ; ++i) acc0[i] += a[j * 8 + i] * x0;
+    }
+    for (int i = 0; i < NQ; ++i) vec::store(out + i * ldo + c, acc0[i]);
+  }
+  for (; c < D; ++c) {
+    T acc[NQ] = {};
+    for (int64_t j = 0; j < L; ++j)
+      for (int i = 0; i < NQ; ++i) acc[i] += a[j * 8 + i] * X[j * xs + c];
+    for (int i = 0; i < NQ; ++i) out[i * ldo + c] = acc[i];
+  }
+}
+
+// out[j * ldo + c] = sum_i A[j][i] Y[i * ys + c] for all L rows (dK = dS^T Q, dV = P^T dO): the
+// NQ rows of a column strip of Y stay in registers while the L output rows are written once.
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void lanes_t_times_rows(int64_t L, int64_t D, const typename FewQ<T>::Qv* A,
+                                        const T* Y, int64_t ys, T* out, int64_t ldo) {
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  const T* a = reinterpret_cast<const T*>(A);
+  int64_t c = 0;
+  for (; c + 2 * W <= D; c += 2 * W) {
+    Vt y0[NQ], y1[NQ];
+    for (int i = 0; i < NQ; ++i) {
+      y0[i] = vec::load<VB>(Y + i * ys + c);
+      y1[i] = vec::load<VB>(Y + i * ys + c + W);
+    }
+    for (int64_t j = 0; j < L; ++j) {
+      Vt acc0 = {}, acc1 = {};
+      for (int i = 0; i < NQ; ++i) {
+        const T s = a[j * 8 + i];
+        acc0 += s * y0[i];
+        acc1 += s * y1[i];
+      }
+      vec::store(out + j * ldo + c, acc0);
+      vec::store(out + j * ldo + c + W, acc1);
+    }
+  }
+  for (; c + W <= D; c += W) {
+    Vt y0[NQ];
+    for (int i = 0; i < NQ; ++i) y0[i] = vec::load<VB>(Y + i * ys + c);
+    for (int64_t j = 0; j < L; ++j) {
+      Vt acc0 = {};
+      for (int i = 0; i < NQ; ++i) acc0 += a[j * 8 + i] * y0[i];
+      vec::store(out + j * ldo + c, acc0);
+    }
+  }
+  for (; c < D; ++c)
+    for (int64_t j = 0; j < L; ++j) {
+      T acc = T(0);
+      for (int i = 0; i < NQ; ++i) acc += a[j * 8 + i] * Y[i * ys + c];
+      out[j * ldo + c] = acc;
+    }
+}
+
+// Per-thread scratch of 8-lane vectors: packed Q^T and dO^T [D], S^T / P^T and dP^T / dS^T [L]
+// (64-byte aligned by hand: std::vector does not see the vector types' alignment).
+template <typename T>
+struct FewQScratch {
+  using Qv = typename FewQ<T>::Qv;
+  std::vector<char> buf;
+  Qv *qt, *ot, *st, *dt;
+  FewQScratch(int64_t L, int64_t D) : buf(size_t(2 * (L + D)) * sizeof(Qv) + 64) {
+    char* base = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
+    qt = reinterpret_cast<Qv*>(base);
+    ot = qt + D;
+    st = ot + D;
+    dt = st + L;
+  }
+};
+
+inline int64_t count_valid(const bool* pad, int64_t L) {
+  if (pad == nullptr) return L;
+  int64_t nv = 0;
+  for (int64_t j = 0; j < L; ++j) nv += pad[j] ? 0 : 1;
+  return nv;
+}
+
+// Forward of one (b, h) for Nq = NQ <= 8, over all L keys (padded keys get probability 0).
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void attn_fwd_task_few(const AttnGeom& g, const T* q, const T* k, const T* v,
+                                       const bool* mask, T scale, T* out, T* lse, T* mean,
+                                       T* weights, int64_t bh, FewQScratch<T>& sc) {
+  using Qv = typename FewQ<T>::Qv;
+  const int64_t b = bh / g.H, h = bh % g.H, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  T* ob = out + bh * NQ * D;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  const int64_t nv = count_valid(pad, L);
+  if (nv == 0) {
+    for (int64_t t = 0; t < NQ * D; ++t) ob[t] = T(0);
+    for (int i = 0; i < NQ; ++i) {
+      lse[bh * NQ + i] = -std::numeric_limits<T>::infinity();
+      mean[bh * NQ + i] = T(0);
+    }
+    if (weights)
+      for (int64_t t = 0; t < NQ * L; ++t) weights[bh * NQ * L + t] = T(0);
+    return;
+  }
+  Qv* st = sc.st;
+  pack_lanes<T, NQ>(D, qb, g.qs2, sc.qt);
+  rows_dot_packed<T>(L, D, kb, g.ks2, sc.qt, st);  // S^T = K Q^T
+  const T ninf = -std::numeric_limits<T>::infinity();
+  Qv vmx = Qv{} + ninf, vsum = {};
+  for (int64_t j = 0; j < L; ++j) {
+    if (pad && pad[j]) {
+      st[j] = Qv{} + ninf;
+      continue;
+    }
+    const Qv x = st[j] * scale;
+    st[j] = x;
+    vmx = x > vmx ? x : vmx;
+    vsum += x;
+  }
+  Qv den = {};
+  for (int64_t j = 0; j < L; ++j) {
+    const Qv e = qexp<T>(st[j] - vmx);  // padded: exp(-inf) = 0
+    st[j] = e;
+    den += e;
+  }
+  const Qv inv = T(1) / den;
+  for (int64_t j = 0; j < L; ++j) st[j] *= inv;
+  for (int i = 0; i < NQ; ++i) {
+    lse[bh * NQ + i] = vmx[i] + std::log(den[i]);
+    mean[bh * NQ + i] = vsum[i] / T(nv);
+  }
+  if (weights)
+    for (int i = 0; i < NQ; ++i) {
+      T* w = weights + (bh * NQ + i) * L;
+      for (int64_t j = 0; j < L; ++j) w[j] = st[j][i];
+    }
+  lanes_times_rows<T, VB, NQ>(L, D, st, vb, g.vs2, ob, D);  // O = P V
+}
+
+// Backward of one (b, h) for Nq = NQ <= 8 (padded keys: P = dS = 0, so their dK, dV rows are 0).
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void attn_bwd_task_few(const AttnGeom& g, const T* dout, const T* gw,
+                                       const T* gmean, const T* q, const T* k, const T* v,
+                                       const bool* mask, T scale, const T* lse, T* dq, T* dk,
+                                       int64_t dks0, int64_t dks1, int64_t dks2, T* dv,
+                                       int64_t dvs0, int64_t dvs1, int64_t dvs2, int64_t bh,
+                                       FewQScratch<T>& sc) {
+  using Qv = typename FewQ<T>::Qv;
+  const int64_t b = bh / g.H, h = bh % g.H, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  const T* dob = dout + bh * NQ * D;
+  T* dqb = dq + bh * NQ * D;
+  T* dkb = dk + b * dks0 + h * dks1;
+  T* dvb = dv + b * dvs0 + h * dvs1;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  const int64_t nv = count_valid(pad, L);
+  if (nv == 0) {
+    for (int64_t t = 0; t < NQ * D; ++t) dqb[t] = T(0);
+    for (int64_t j = 0; j < L; ++j)
+      for (int64_t d = 0; d < D; ++d) dkb[j * dks2 + d] = dvb[j * dvs2 + d] = T(0);
+    return;
+  }
+  Qv* st = sc.st;
+  Qv* dt = sc.dt;
+  pack_lanes<T, NQ>(D, qb, g.qs2, sc.qt);
+  pack_lanes<T, NQ>(D, dob, D, sc.ot);
+  rows_dot_packed<T>(L, D, kb, g.ks2, sc.qt, st);  // S^T = K Q^T
+  rows_dot_packed<T>(L, D, vb, g.vs2, sc.ot, dt);  // dP^T = V dO^T
+  Qv lv = {}, gm = {};
+  for (int i = 0; i < NQ; ++i) {
+    lv[i] = lse[bh * NQ + i];
+    gm[i] = gmean ? gmean[bh * NQ + i] / T(nv) : T(0);
+  }
+  Qv delta = {};
+  for (int64_t j = 0; j < L; ++j) {
+    if (pad && pad[j]) {
+      st[j] = Qv{};
+      continue;
+    }
+    const Qv p = qexp<T>(st[j] * scale - lv);  // P = exp(S - lse)
+    st[j] = p;
+    if (gw)
+      for (int i = 0; i < NQ; ++i) dt[j][i] += gw[(bh * NQ + i) * L + j];
+    delta += p * dt[j];
+  }
+  for (int64_t j = 0; j < L; ++j)  // dS' = scale (P (dP - delta) + gm), 0 on padded keys
+    dt[j] = (pad && pad[j]) ? Qv{} : scale * (st[j] * (dt[j] - delta) + gm);
+  lanes_times_rows<T, VB, NQ>(L, D, dt, kb, g.ks2, dqb, D);         // dQ = dS' K
+  lanes_t_times_rows<T, VB, NQ>(L, D, dt, qb, g.qs2, dkb, dks2);    // dK = dS'^T Q
+  lanes_t_times_rows<T, VB, NQ>(L, D, st, dob, D, dvb, dvs2);       // dV = P^T dO
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_fwd_few(const AttnGeom& g, const T* q, const T* k, const T* v,
+                                  const bool* mask, T scale, T* out, T* lse, T* mean, T* weights,
+                                  int64_t begin, int64_t end) {
+  FewQScratch<T> sc(g.L, g.D);
+  for (int64_t bh = begin; bh < end; ++bh) {
+    switch (g.Nq) {
+#define REIDKERN_FEW_FWD(N) \
+  case N: attn_fwd_task_few<T, VB, N>(g, q, k, v, mask, scale, out, lse, mean, weights, bh, sc); break;
+      REIDKERN_FEW_FWD(1) REIDKERN_FEW_FWD(2) REIDKERN_FEW_FWD(3) REIDKERN_FEW_FWD(4)
+      REIDKERN_FEW_FWD(5) REIDKERN_FEW_FWD(6) REIDKERN_FEW_FWD(7) REIDKERN_FEW_FWD(8)
+#undef REIDKERN_FEW_FWD
+      default: break;
+    }
+  }
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_bwd_few(const AttnGeom& g, const T* dout, const T* gw, const T* gmean,
+                                  const T* q, const T* k, const T* v, const bool* mask, T scale,
+                                  const T* lse, T* dq, T* dk, int64_t dks0, int64_t dks1,
+                                  int64_t dks2, T* dv, int64_t dvs0, int64_t dvs1, int64_t dvs2,
+                                  int64_t begin, int64_t end) {
+  FewQScratch<T> sc(g.L, g.D);
+  for (int64_t bh = begin; bh < end; ++bh) {
+    switch (g.Nq) {
+#define REIDKERN_FEW_BWD(N)                                                                        \
+  case N:                                                                                          \
+    attn_bwd_task_few<T, VB, N>(g, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0, dks1, \
+                                dks2, dv, dvs0, dvs1, dvs2, bh, sc);                               \
+    break;
+      REIDKERN_FEW_BWD(1) REIDKERN_FEW_BWD(2) REIDKERN_FEW_BWD(3) REIDKERN_FEW_BWD(4)
+      REIDKERN_FEW_BWD(5) REIDKERN_FEW_BWD(6) REIDKERN_FEW_BWD(7) REIDKERN_FEW_BWD(8)
+#undef REIDKERN_FEW_BWD
+      default: break;
+    }
+  }
+}
+
 template <typename T, int VB>
 REIDKERN_INLINE void attn_fwd_task(const AttnGeom& g, const T* q, const T* k, const T* v,
                                    const bool* mask, T scale, T* out, T* lse, T* mean,
@@ -624,6 +962,7 @@ template <typename T, int VB>
 REIDKERN_INLINE void attn_fwd_range(const AttnGeom& g, const T* q, const T* k, const T* v,
                                     const bool* mask, T scale, T* out, T* lse, T* mean, T* weights,
                                     const Blas& blas, int64_t begin, int64_t end) {
+  if (g.few) return attn_fwd_few<T, VB>(g, q, k, v, mask, scale, out, lse, mean, weights, begin, end);
   std::vector<T> S(g.Nq * g.L);
   if (g.blas) {
     for (int64_t bh = begin; bh < end; ++bh)
@@ -642,6 +981,9 @@ REIDKERN_INLINE void attn_bwd_range(const AttnGeom& g, const T* dout, const T* g
                                     const T* lse, T* dq, T* dk, int64_t dks0, int64_t dks1,
                                     int64_t dks2, T* dv, int64_t dvs0, int64_t dvs1, int64_t dvs2,
                                     const Blas& blas, int64_t begin, int64_t end) {
+  if (g.few)
+    return attn_bwd_few<T, VB>(g, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0, dks1,
+                               dks2, dv, dvs0, dvs1, dvs2, begin, end);
   std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
   if (g.blas) {
     for (int64_t bh = begin; bh < end; ++bh)
@@ -717,7 +1059,9 @@ AttnGeom check_geometry(const Tensor& q, const Tensor& k, const Tensor& v,
   g.qs0 = q.stride(0); g.qs1 = q.stride(1); g.qs2 = q.stride(2);
   g.ks0 = k.stride(0); g.ks1 = k.stride(1); g.ks2 = k.stride(2);
   g.vs0 = v.stride(0); g.vs1 = v.stride(1); g.vs2 = v.stride(2);
-  g.blas = g.Nq * g.L * g.D >= kBlasMinMacs;
+  g.few = g.Nq >= 1 && g.Nq <= kFewQueries && g.L >= 1 && g.D >= 1 &&
+          (g.D <= kFewMaxD || g.Nq * g.L * g.D < kBlasMinMacs);
+  g.blas = !g.few && g.Nq * g.L * g.D >= kBlasMinMacs;
   if (mask.has_value()) {
     check_dim(*mask, 2, "key_padding_mask");
     check_dtype(*mask, ScalarType::Bool, "key_padding_mask");
