@@ -99,6 +99,47 @@ def test_large_head_dim_and_many_queries(backend):
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["transposed_kv", "shared_kv", "padded", "many_queries",
+                                  "few_queries_wide", "few_queries_blas", "mid_queries_small"])
+def test_gemm_sized_heads(backend, dtype, case):
+    # Each CPU kernel path: BLAS GEMMs (Nq > 8 or D > 128, Nq * L * D >= 2^16), the few-query
+    # kernels (Nq <= 8) with several column strips and key tiles plus tails, the small-head
+    # dot-product kernels (Nq > 8, little work).
+    if case == "few_queries_wide":
+        q, k, v = make(3, 2, 6, 67, 100, dtype=dtype, seed=25, transposed_kv=True)
+        check(backend, q, k, v, make_mask(3, 67, full_row=0))
+    elif case == "few_queries_blas":
+        q, k, v = make(2, 1, 8, 40, 260, q_batch1=True, dtype=dtype, seed=26)
+        check(backend, q, k, v, make_mask(2, 40))
+    elif case == "mid_queries_small":
+        q, k, v = make(3, 2, 12, 23, 10, q_batch1=True, dtype=dtype, seed=27)
+        check(backend, q, k, v, make_mask(3, 23, full_row=1))
+    elif case == "transposed_kv":
+        q, k, v = make(2, 2, 9, 67, 120, dtype=dtype, seed=21, transposed_kv=True)
+        check(backend, q, k, v)
+    elif case == "shared_kv":  # dictionary atoms: one [1, H, L, D] set expanded over the batch
+        q, k1, v1 = make(3, 2, 24, 53, 64, dtype=dtype, seed=22)
+        k1, v1 = (t.detach()[:1].clone().requires_grad_() for t in (k1, v1))
+        out = template_attention(q, k1.expand(3, -1, -1, -1), v1.expand(3, -1, -1, -1), backend=backend)
+        q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k1, v1))
+        ref = template_attention_reference(q64, k64.expand(3, -1, -1, -1), v64.expand(3, -1, -1, -1))[0]
+        assert_close(out, ref, dtype=dtype)
+        go = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        grads = torch.autograd.grad(out, (q, k1, v1), go.to(dtype))
+        refg = torch.autograd.grad(ref, (q64, k64, v64), go)
+        tol = dict(rtol=1e-10, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-5, atol=5e-5)
+        for name, a, b in zip("qkv", grads, refg):
+            assert_close(a, b, msg=f"grad {name}", **tol)
+    elif case == "padded":
+        q, k, v = make(3, 1, 11, 97, 101, q_batch1=True, dtype=dtype, seed=23)
+        check(backend, q, k, v, make_mask(3, 97, full_row=2), scale=0.3)
+    else:
+        q, k, v = make(2, 1, 40, 45, 37, dtype=dtype, seed=24)
+        check(backend, q, k, v, make_mask(2, 45))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
 def test_gradcheck(backend):
     q, k, v = make(2, 2, 3, 7, 5, q_batch1=True, dtype=torch.float64, seed=4)
     mask = make_mask(2, 7)

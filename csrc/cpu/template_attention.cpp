@@ -1,20 +1,33 @@
 // CPU kernels of reidkern::template_attention_fwd / _bwd: a few learned queries (Nq <= 32) over up
-// to 512 keys with head dim up to 512, forward and backward fused per (batch, head).
+// to 512 keys with head dim up to 512 (and LGUR's 192 queries over 400 dictionary atoms), forward
+// and backward fused per (batch, head).
 //
 // One task per (b, h), run by torch's intra-op pool. A task keeps its logits / probabilities
-// [Nq, L] in a small thread-local buffer (<= 64 KiB), never a [B, H, Nq, L] tensor unless the
-// weights are asked for. Padded keys are dropped up front (the task works on the compacted list of
-// valid keys). Forward saves the log-sum-exp per query row; backward recomputes the probabilities
+// [Nq, L] in a small thread-local buffer, never a [B, H, Nq, L] tensor unless the weights are
+// asked for. Forward saves the log-sum-exp per query row; backward recomputes the probabilities
 // from it (flash-attention style) and needs neither the weights nor the output:
 //   P = exp(S - lse), dP = dO V^T (+ grad of the returned weights), delta_i = sum_j P_ij dP_ij,
 //   dS = P (dP - delta) + grad_mean_i / n_valid, dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO.
 // A query row whose keys are all padding gets zero output, zero weights, zero mean logit, lse=-inf
 // and zero gradients.
 //
-// The inner loops are small register-tiled GEMMs written with GCC vector extensions, compiled
-// three times (AVX-512 / AVX2+FMA / baseline vectors) and picked from the CPU's features at run time.
+// Three ways to run a task's GEMMs, chosen from the shape (AttnGeom::few / ::blas):
+//   * Nq <= 8 (and D <= 128 or little work): keys-major kernels with one vector lane per query
+//     (S^T = K Q^T as broadcast-FMA outer products, softmax on whole vectors, the query rows held
+//     in registers for P V, dS K, dS^T Q, P^T dO); padded keys stay in with probability 0.
+//   * otherwise, with Nq * L * D >= 2^16: torch's mm.out (BLAS) on views of the task's memory;
+//     padded keys stay in with probability 0.
+//   * small tasks: register-tiled dot-product kernels on the compacted list of valid keys.
+// The hand-written loops use GCC vector extensions, compiled three times (AVX-512 / AVX2+FMA /
+// baseline vectors) and picked from the CPU's features at run time. Big fresh outputs get a
+// transparent-huge-page hint before their first touch.
 #include "common.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <array>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -36,6 +49,22 @@ namespace {
 #else
 #define REIDKERN_X86 0
 #endif
+
+// Asks Linux for transparent huge pages on a fresh output buffer before its first touch: the
+// kernel then maps it in 2 MiB instead of 4 KiB pages, which halves the time spent faulting in
+// (and zeroing) big gradients. A hint only; no effect where unsupported or for small buffers.
+inline void advise_huge_pages(void* p, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (p == nullptr || nbytes < int64_t(2 * kHuge)) return;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(nbytes)) & ~(kHuge - 1);
+  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)nbytes;
+#endif
+}
 
 enum class Isa { Base, Avx2, Avx512 };
 
@@ -304,6 +333,8 @@ REIDKERN_INLINE T exp_sub_sum(T* row, int64_t n, T m) {
 struct AttnGeom {
   int64_t B, H, Nq, L, D;
   bool q_bcast;
+  bool few;   // Nq <= 8: keys-major kernels with one vector lane per query
+  bool blas;  // per-(b, h) GEMMs through torch's mm (BLAS) instead of the inline micro-kernels
   int64_t qs0, qs1, qs2, ks0, ks1, ks2, vs0, vs1, vs2;
 };
 
@@ -318,6 +349,512 @@ inline int64_t valid_keys(const bool* mask, int64_t b, int64_t L, int32_t* keys)
   for (int64_t j = 0; j < L; ++j)
     if (!m[j]) keys[n++] = static_cast<int32_t>(j);
   return n;
+}
+
+// C[m, n] (row stride ldc, unit column stride) = A[m, k] . B[k, n], A and B given by strides,
+// through torch's aten::mm.out (BLAS; single-threaded inside a parallel_for task). Only views of
+// existing memory are made: nothing is allocated.
+struct Blas {
+  torch::stable::Device dev;
+  ScalarType st;
+  void mm(const void* a, int64_t m, int64_t k, int64_t a_rs, int64_t a_cs, const void* b,
+          int64_t n, int64_t b_rs, int64_t b_cs, void* c, int64_t ldc) const {
+    Tensor A = torch::stable::from_blob(const_cast<void*>(a), {m, k}, {a_rs, a_cs}, dev, st);
+    Tensor Bm = torch::stable::from_blob(const_cast<void*>(b), {k, n}, {b_rs, b_cs}, dev, st);
+    Tensor C = torch::stable::from_blob(c, {m, n}, {ldc, 1}, dev, st);
+    std::array<StableIValue, 3> stack{torch::stable::detail::from(A),
+                                      torch::stable::detail::from(Bm),
+                                      torch::stable::detail::from(C)};
+    STABLE_TORCH_ERROR_CODE_CHECK(
+        torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
+    (void)torch::stable::detail::to<Tensor>(stack[0]);  // release the returned reference
+  }
+};
+
+// Per (b, h) work above which the GEMMs go through BLAS (below, its call overhead dominates).
+constexpr int64_t kBlasMinMacs = int64_t(1) << 16;
+
+// row[j] *= scale over n values (padded keys, when pad is given, set to -inf); returns the max and,
+// through sum, the sum over the valid values.
+template <typename T, int VB>
+REIDKERN_INLINE T scale_max_sum(T* row, int64_t n, T scale, const bool* pad, T& sum) {
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  T mx = ninf, sm = T(0);
+  int64_t j = 0;
+  if (pad == nullptr) {
+    Vt vmx = Vt{} + ninf, vsm = {};
+    for (; j + W <= n; j += W) {
+      const Vt x = vec::load<VB>(row + j) * scale;
+      vec::store(row + j, x);
+      vmx = x > vmx ? x : vmx;
+      vsm += x;
+    }
+    for (int t = 0; t < W; ++t) mx = vmx[t] > mx ? vmx[t] : mx;
+    sm = vec::hsum<T, Vt>(vsm);
+    for (; j < n; ++j) {
+      const T x = row[j] * scale;
+      row[j] = x;
+      mx = x > mx ? x : mx;
+      sm += x;
+    }
+  } else {
+    for (; j < n; ++j) {
+      if (pad[j]) {
+        row[j] = ninf;
+      } else {
+        const T x = row[j] * scale;
+        row[j] = x;
+        mx = x > mx ? x : mx;
+        sm += x;
+      }
+    }
+  }
+  sum = sm;
+  return mx;
+}
+
+// Forward of one (b, h) with BLAS GEMMs over all L keys (padded keys get probability 0).
+template <typename T, int VB>
+REIDKERN_INLINE void attn_fwd_task_blas(const AttnGeom& g, const Blas& blas, const T* q,
+                                        const T* k, const T* v, const bool* mask, T scale, T* out,
+                                        T* lse, T* mean, T* weights, int64_t bh, T* s) {
+  const int64_t b = bh / g.H, h = bh % g.H, Nq = g.Nq, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  T* ob = out + bh * Nq * D;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  int64_t nv = L;
+  if (pad) {
+    nv = 0;
+    for (int64_t j = 0; j < L; ++j) nv += pad[j] ? 0 : 1;
+  }
+  if (nv == 0) {
+    for (int64_t t = 0; t < Nq * D; ++t) ob[t] = T(0);
+    for (int64_t i = 0; i < Nq; ++i) {
+      lse[bh * Nq + i] = -std::numeric_limits<T>::infinity();
+      mean[bh * Nq + i] = T(0);
+    }
+    if (weights)
+      for (int64_t t = 0; t < Nq * L; ++t) weights[bh * Nq * L + t] = T(0);
+    return;
+  }
+  blas.mm(qb, Nq, D, g.qs2, 1, kb, L, 1, g.ks2, s, L);  // S = Q K^T
+  for (int64_t i = 0; i < Nq; ++i) {
+    T* row = s + i * L;
+    T sum_logit;
+    const T mx = scale_max_sum<T, VB>(row, L, scale, pad, sum_logit);
+    const T denom = vec::exp_sub_sum<T, VB>(row, L, mx);  // padded: exp(-inf) = 0
+    const T inv = T(1) / denom;
+    for (int64_t j = 0; j < L; ++j) row[j] *= inv;
+    lse[bh * Nq + i] = mx + std::log(denom);
+    mean[bh * Nq + i] = sum_logit / T(nv);
+    if (weights) {
+      T* w = weights + (bh * Nq + i) * L;
+      for (int64_t j = 0; j < L; ++j) w[j] = row[j];
+    }
+  }
+  blas.mm(s, Nq, L, L, 1, vb, D, g.vs2, 1, ob, D);  // O = P V
+}
+
+// Backward of one (b, h) with BLAS GEMMs over all L keys (padded keys: P = dS = 0, so their dK and
+// dV rows come out 0).
+template <typename T, int VB>
+REIDKERN_INLINE void attn_bwd_task_blas(const AttnGeom& g, const Blas& blas, const T* dout,
+                                        const T* gw, const T* gmean, const T* q, const T* k,
+                                        const T* v, const bool* mask, T scale, const T* lse, T* dq,
+                                        T* dk, int64_t dks0, int64_t dks1, int64_t dks2, T* dv,
+                                        int64_t dvs0, int64_t dvs1, int64_t dvs2, int64_t bh, T* p,
+                                        T* ds) {
+  const int64_t b = bh / g.H, h = bh % g.H, Nq = g.Nq, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  const T* dob = dout + bh * Nq * D;
+  T* dqb = dq + bh * Nq * D;
+  T* dkb = dk + b * dks0 + h * dks1;
+  T* dvb = dv + b * dvs0 + h * dvs1;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  int64_t nv = L;
+  if (pad) {
+    nv = 0;
+    for (int64_t j = 0; j < L; ++j) nv += pad[j] ? 0 : 1;
+  }
+  if (nv == 0) {
+    for (int64_t t = 0; t < Nq * D; ++t) dqb[t] = T(0);
+    for (int64_t j = 0; j < L; ++j)
+      for (int64_t d = 0; d < D; ++d) dkb[j * dks2 + d] = dvb[j * dvs2 + d] = T(0);
+    return;
+  }
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  blas.mm(qb, Nq, D, g.qs2, 1, kb, L, 1, g.ks2, p, L);   // S = Q K^T (unscaled)
+  blas.mm(dob, Nq, D, D, 1, vb, L, 1, g.vs2, ds, L);     // dP = dO V^T
+  for (int64_t i = 0; i < Nq; ++i) {
+    T* prow = p + i * L;
+    T* drow = ds + i * L;
+    const T l = lse[bh * Nq + i];
+    T unused;
+    scale_max_sum<T, VB>(prow, L, scale, pad, unused);  // scaled logits, padded -> -inf
+    vec::exp_sub_sum<T, VB>(prow, L, l);                // P = exp(S - lse)
+    if (gw) {
+      const T* gwr = gw + (bh * Nq + i) * L;
+      for (int64_t j = 0; j < L; ++j) drow[j] += gwr[j];
+    }
+    T delta = T(0);
+    int64_t j = 0;
+    {
+      Vt acc = {};
+      for (; j + W <= L; j += W) acc += vec::load<VB>(prow + j) * vec::load<VB>(drow + j);
+      delta = vec::hsum<T, Vt>(acc);
+      for (; j < L; ++j) delta += prow[j] * drow[j];
+    }
+    const T gm = gmean ? gmean[bh * Nq + i] / T(nv) : T(0);
+    // dS' = scale (P (dP - delta) + gm) on valid keys, 0 on padded ones
+    j = 0;
+    for (; j + W <= L; j += W) {
+      const Vt pv = vec::load<VB>(prow + j);
+      vec::store(drow + j, scale * (pv * (vec::load<VB>(drow + j) - delta) + gm));
+    }
+    for (; j < L; ++j) drow[j] = scale * (prow[j] * (drow[j] - delta) + gm);
+    if (pad)
+      for (int64_t jj = 0; jj < L; ++jj)
+        if (pad[jj]) drow[jj] = T(0);
+  }
+  blas.mm(ds, Nq, L, L, 1, kb, D, g.ks2, 1, dqb, D);     // dQ = dS' K
+  blas.mm(ds, L, Nq, 1, L, qb, D, g.qs2, 1, dkb, dks2);  // dK = dS'^T Q
+  blas.mm(p, L, Nq, 1, L, dob, D, D, 1, dvb, dvs2);      // dV = P^T dO
+}
+
+// ---- few queries (Nq <= 8): keys-major kernels with the queries in the lanes of one vector ------
+// Q^T (and dO^T) are packed as [D] vectors of 8 lanes, so S^T[j] = sum_d K[j, d] Q^T[d] is an
+// outer-product GEMM (broadcast K, 8 keys per register tile) with no horizontal sums; softmax,
+// delta and dS run on whole vectors (one lane per query); P V, dS K, dS^T Q and P^T dO keep the
+// NQ query rows (or their coefficients) in registers while streaming the key rows once.
+constexpr int64_t kFewQueries = 8;
+// Above this head dim (and with enough work for BLAS) BLAS's GEMMs measured faster (LGUR PGU,
+// D = 512); below it the few-query kernels are 1.3-2x faster than BLAS and the dot-product kernels.
+constexpr int64_t kFewMaxD = 128;
+
+template <typename T>
+struct FewQ {
+  static constexpr int QB = 8 * int(sizeof(T));  // bytes of an 8-lane vector
+  typedef typename vec::V<T, QB>::type Qv;
+};
+
+template <typename T>
+REIDKERN_INLINE typename FewQ<T>::Qv qexp(typename FewQ<T>::Qv x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return vec::exp_f32<32>(x);
+  } else {
+    typename FewQ<T>::Qv y;
+    for (int t = 0; t < 8; ++t) y[t] = std::exp(x[t]);
+    return y;
+  }
+}
+
+// P[d][i] = X[i * xs + d] for i < NQ, 0 for the other lanes.
+template <typename T, int NQ>
+REIDKERN_INLINE void pack_lanes(int64_t D, const T* X, int64_t xs, typename FewQ<T>::Qv* P) {
+  for (int64_t d = 0; d < D; ++d) {
+    typename FewQ<T>::Qv p = {};
+    for (int i = 0; i < NQ; ++i) p[i] = X[i * xs + d];
+    P[d] = p;
+  }
+}
+
+// out[j] = sum_d X[j * xs + d] P[d]   (8 rows of X per register tile)
+template <typename T>
+REIDKERN_INLINE void rows_dot_packed(int64_t L, int64_t D, const T* X, int64_t xs,
+                                     const typename FewQ<T>::Qv* P, typename FewQ<T>::Qv* out) {
+  using Qv = typename FewQ<T>::Qv;
+  int64_t j = 0;
+  for (; j + 8 <= L; j += 8) {
+    const T* x0 = X + j * xs;
+    const T* x1 = x0 + xs;
+    const T* x2 = x1 + xs;
+    const T* x3 = x2 + xs;
+    const T* x4 = x3 + xs;
+    const T* x5 = x4 + xs;
+    const T* x6 = x5 + xs;
+    const T* x7 = x6 + xs;
+    Qv a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+    for (int64_t d = 0; d < D; ++d) {
+      const Qv p = P[d];
+      a0 += x0[d] * p; a1 += x1[d] * p; a2 += x2[d] * p; a3 += x3[d] * p;
+      a4 += x4[d] * p; a5 += x5[d] * p; a6 += x6[d] * p; a7 += x7[d] * p;
+    }
+    out[j] = a0; out[j + 1] = a1; out[j + 2] = a2; out[j + 3] = a3;
+    out[j + 4] = a4; out[j + 5] = a5; out[j + 6] = a6; out[j + 7] = a7;
+  }
+  for (; j < L; ++j) {
+    const T* x0 = X + j * xs;
+    Qv a0 = {};
+    for (int64_t d = 0; d < D; ++d) a0 += x0[d] * P[d];
+    out[j] = a0;
+  }
+}
+
+// out[i * ldo + c] = sum_j A[j][i] X[j * xs + c] for i < NQ (P V, dS K): NQ x 2 vectors of
+// accumulators per column strip.
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void lanes_times_rows(int64_t L, int64_t D, const typename FewQ<T>::Qv* A,
+                                      const T* X, int64_t xs, T* out, int64_t ldo) {
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  const T* a = reinterpret_cast<const T*>(A);  // a[j * 8 + i]
+  int64_t c = 0;
+  for (; c + 2 * W <= D; c += 2 * W) {
+    Vt acc0[NQ], acc1[NQ];
+    for (int i = 0; i < NQ; ++i) acc0[i] = acc1[i] = Vt{};
+    for (int64_t j = 0; j < L; ++j) {
+      const Vt x0 = vec::load<VB>(X + j * xs + c), x1 = vec::load<VB>(X + j * xs + c + W);
+      for (int i = 0; i < NQ; ++i) {
+        const T s = a[j * 8 + i];
+        acc0[i] += s * x0;
+        acc1[i] += s * x1;
+      }
+    }
+    for (int i = 0; i < NQ; ++i) {
+      vec::store(out + i * ldo + c, acc0[i]);
+      vec::store(out + i * ldo + c + W, acc1[i]);
+    }
+  }
+  for (; c + W <= D; c += W) {
+    Vt acc0[NQ];
+    for (int i = 0; i < NQ; ++i) acc0[i] = Vt{};
+    for (int64_t j = 0; j < L; ++j) {
+      const Vt x0 = vec::load<VB>(X + j * xs + c);
+      for (int i = 0; i < NQ; ++i) acc0[i] += a[j * 8 + i] * x0;
+    }
+    for (int i = 0; i < NQ; ++i) vec::store(out + i * ldo + c, acc0[i]);
+  }
+  for (; c < D; ++c) {
+    T acc[NQ] = {};
+    for (int64_t j = 0; j < L; ++j)
+      for (int i = 0; i < NQ; ++i) acc[i] += a[j * 8 + i] * X[j * xs + c];
+    for (int i = 0; i < NQ; ++i) out[i * ldo + c] = acc[i];
+  }
+}
+
+// out[j * ldo + c] = sum_i A[j][i] Y[i * ys + c] for all L rows (dK = dS^T Q, dV = P^T dO): the
+// NQ rows of a column strip of Y stay in registers while the L output rows are written once.
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void lanes_t_times_rows(int64_t L, int64_t D, const typename FewQ<T>::Qv* A,
+                                        const T* Y, int64_t ys, T* out, int64_t ldo) {
+  using Vt = typename vec::V<T, VB>::type;
+  constexpr int W = vec::V<T, VB>::W;
+  const T* a = reinterpret_cast<const T*>(A);
+  int64_t c = 0;
+  for (; c + 2 * W <= D; c += 2 * W) {
+    Vt y0[NQ], y1[NQ];
+    for (int i = 0; i < NQ; ++i) {
+      y0[i] = vec::load<VB>(Y + i * ys + c);
+      y1[i] = vec::load<VB>(Y + i * ys + c + W);
+    }
+    for (int64_t j = 0; j < L; ++j) {
+      Vt acc0 = {}, acc1 = {};
+      for (int i = 0; i < NQ; ++i) {
+        const T s = a[j * 8 + i];
+        acc0 += s * y0[i];
+        acc1 += s * y1[i];
+      }
+      vec::store(out + j * ldo + c, acc0);
+      vec::store(out + j * ldo + c + W, acc1);
+    }
+  }
+  for (; c + W <= D; c += W) {
+    Vt y0[NQ];
+    for (int i = 0; i < NQ; ++i) y0[i] = vec::load<VB>(Y + i * ys + c);
+    for (int64_t j = 0; j < L; ++j) {
+      Vt acc0 = {};
+      for (int i = 0; i < NQ; ++i) acc0 += a[j * 8 + i] * y0[i];
+      vec::store(out + j * ldo + c, acc0);
+    }
+  }
+  for (; c < D; ++c)
+    for (int64_t j = 0; j < L; ++j) {
+      T acc = T(0);
+      for (int i = 0; i < NQ; ++i) acc += a[j * 8 + i] * Y[i * ys + c];
+      out[j * ldo + c] = acc;
+    }
+}
+
+// Per-thread scratch of 8-lane vectors: packed Q^T and dO^T [D], S^T / P^T and dP^T / dS^T [L]
+// (64-byte aligned by hand: std::vector does not see the vector types' alignment).
+template <typename T>
+struct FewQScratch {
+  using Qv = typename FewQ<T>::Qv;
+  std::vector<char> buf;
+  Qv *qt, *ot, *st, *dt;
+  FewQScratch(int64_t L, int64_t D) : buf(size_t(2 * (L + D)) * sizeof(Qv) + 64) {
+    char* base = buf.data() + (64 - reinterpret_cast<uintptr_t>(buf.data()) % 64) % 64;
+    qt = reinterpret_cast<Qv*>(base);
+    ot = qt + D;
+    st = ot + D;
+    dt = st + L;
+  }
+};
+
+inline int64_t count_valid(const bool* pad, int64_t L) {
+  if (pad == nullptr) return L;
+  int64_t nv = 0;
+  for (int64_t j = 0; j < L; ++j) nv += pad[j] ? 0 : 1;
+  return nv;
+}
+
+// Forward of one (b, h) for Nq = NQ <= 8, over all L keys (padded keys get probability 0).
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void attn_fwd_task_few(const AttnGeom& g, const T* q, const T* k, const T* v,
+                                       const bool* mask, T scale, T* out, T* lse, T* mean,
+                                       T* weights, int64_t bh, FewQScratch<T>& sc) {
+  using Qv = typename FewQ<T>::Qv;
+  const int64_t b = bh / g.H, h = bh % g.H, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  T* ob = out + bh * NQ * D;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  const int64_t nv = count_valid(pad, L);
+  if (nv == 0) {
+    for (int64_t t = 0; t < NQ * D; ++t) ob[t] = T(0);
+    for (int i = 0; i < NQ; ++i) {
+      lse[bh * NQ + i] = -std::numeric_limits<T>::infinity();
+      mean[bh * NQ + i] = T(0);
+    }
+    if (weights)
+      for (int64_t t = 0; t < NQ * L; ++t) weights[bh * NQ * L + t] = T(0);
+    return;
+  }
+  Qv* st = sc.st;
+  pack_lanes<T, NQ>(D, qb, g.qs2, sc.qt);
+  rows_dot_packed<T>(L, D, kb, g.ks2, sc.qt, st);  // S^T = K Q^T
+  const T ninf = -std::numeric_limits<T>::infinity();
+  Qv vmx = Qv{} + ninf, vsum = {};
+  for (int64_t j = 0; j < L; ++j) {
+    if (pad && pad[j]) {
+      st[j] = Qv{} + ninf;
+      continue;
+    }
+    const Qv x = st[j] * scale;
+    st[j] = x;
+    vmx = x > vmx ? x : vmx;
+    vsum += x;
+  }
+  Qv den = {};
+  for (int64_t j = 0; j < L; ++j) {
+    const Qv e = qexp<T>(st[j] - vmx);  // padded: exp(-inf) = 0
+    st[j] = e;
+    den += e;
+  }
+  const Qv inv = T(1) / den;
+  for (int64_t j = 0; j < L; ++j) st[j] *= inv;
+  for (int i = 0; i < NQ; ++i) {
+    lse[bh * NQ + i] = vmx[i] + std::log(den[i]);
+    mean[bh * NQ + i] = vsum[i] / T(nv);
+  }
+  if (weights)
+    for (int i = 0; i < NQ; ++i) {
+      T* w = weights + (bh * NQ + i) * L;
+      for (int64_t j = 0; j < L; ++j) w[j] = st[j][i];
+    }
+  lanes_times_rows<T, VB, NQ>(L, D, st, vb, g.vs2, ob, D);  // O = P V
+}
+
+// Backward of one (b, h) for Nq = NQ <= 8 (padded keys: P = dS = 0, so their dK, dV rows are 0).
+template <typename T, int VB, int NQ>
+REIDKERN_INLINE void attn_bwd_task_few(const AttnGeom& g, const T* dout, const T* gw,
+                                       const T* gmean, const T* q, const T* k, const T* v,
+                                       const bool* mask, T scale, const T* lse, T* dq, T* dk,
+                                       int64_t dks0, int64_t dks1, int64_t dks2, T* dv,
+                                       int64_t dvs0, int64_t dvs1, int64_t dvs2, int64_t bh,
+                                       FewQScratch<T>& sc) {
+  using Qv = typename FewQ<T>::Qv;
+  const int64_t b = bh / g.H, h = bh % g.H, L = g.L, D = g.D;
+  const T* qb = q + (g.q_bcast ? 0 : b) * g.qs0 + h * g.qs1;
+  const T* kb = k + b * g.ks0 + h * g.ks1;
+  const T* vb = v + b * g.vs0 + h * g.vs1;
+  const T* dob = dout + bh * NQ * D;
+  T* dqb = dq + bh * NQ * D;
+  T* dkb = dk + b * dks0 + h * dks1;
+  T* dvb = dv + b * dvs0 + h * dvs1;
+  const bool* pad = mask ? mask + b * L : nullptr;
+  const int64_t nv = count_valid(pad, L);
+  if (nv == 0) {
+    for (int64_t t = 0; t < NQ * D; ++t) dqb[t] = T(0);
+    for (int64_t j = 0; j < L; ++j)
+      for (int64_t d = 0; d < D; ++d) dkb[j * dks2 + d] = dvb[j * dvs2 + d] = T(0);
+    return;
+  }
+  Qv* st = sc.st;
+  Qv* dt = sc.dt;
+  pack_lanes<T, NQ>(D, qb, g.qs2, sc.qt);
+  pack_lanes<T, NQ>(D, dob, D, sc.ot);
+  rows_dot_packed<T>(L, D, kb, g.ks2, sc.qt, st);  // S^T = K Q^T
+  rows_dot_packed<T>(L, D, vb, g.vs2, sc.ot, dt);  // dP^T = V dO^T
+  Qv lv = {}, gm = {};
+  for (int i = 0; i < NQ; ++i) {
+    lv[i] = lse[bh * NQ + i];
+    gm[i] = gmean ? gmean[bh * NQ + i] / T(nv) : T(0);
+  }
+  Qv delta = {};
+  for (int64_t j = 0; j < L; ++j) {
+    if (pad && pad[j]) {
+      st[j] = Qv{};
+      continue;
+    }
+    const Qv p = qexp<T>(st[j] * scale - lv);  // P = exp(S - lse)
+    st[j] = p;
+    if (gw)
+      for (int i = 0; i < NQ; ++i) dt[j][i] += gw[(bh * NQ + i) * L + j];
+    delta += p * dt[j];
+  }
+  for (int64_t j = 0; j < L; ++j)  // dS' = scale (P (dP - delta) + gm), 0 on padded keys
+    dt[j] = (pad && pad[j]) ? Qv{} : scale * (st[j] * (dt[j] - delta) + gm);
+  lanes_times_rows<T, VB, NQ>(L, D, dt, kb, g.ks2, dqb, D);         // dQ = dS' K
+  lanes_t_times_rows<T, VB, NQ>(L, D, dt, qb, g.qs2, dkb, dks2);    // dK = dS'^T Q
+  lanes_t_times_rows<T, VB, NQ>(L, D, st, dob, D, dvb, dvs2);       // dV = P^T dO
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_fwd_few(const AttnGeom& g, const T* q, const T* k, const T* v,
+                                  const bool* mask, T scale, T* out, T* lse, T* mean, T* weights,
+                                  int64_t begin, int64_t end) {
+  FewQScratch<T> sc(g.L, g.D);
+  for (int64_t bh = begin; bh < end; ++bh) {
+    switch (g.Nq) {
+#define REIDKERN_FEW_FWD(N) \
+  case N: attn_fwd_task_few<T, VB, N>(g, q, k, v, mask, scale, out, lse, mean, weights, bh, sc); break;
+      REIDKERN_FEW_FWD(1) REIDKERN_FEW_FWD(2) REIDKERN_FEW_FWD(3) REIDKERN_FEW_FWD(4)
+      REIDKERN_FEW_FWD(5) REIDKERN_FEW_FWD(6) REIDKERN_FEW_FWD(7) REIDKERN_FEW_FWD(8)
+#undef REIDKERN_FEW_FWD
+      default: break;
+    }
+  }
+}
+
+template <typename T, int VB>
+REIDKERN_INLINE void attn_bwd_few(const AttnGeom& g, const T* dout, const T* gw, const T* gmean,
+                                  const T* q, const T* k, const T* v, const bool* mask, T scale,
+                                  const T* lse, T* dq, T* dk, int64_t dks0, int64_t dks1,
+                                  int64_t dks2, T* dv, int64_t dvs0, int64_t dvs1, int64_t dvs2,
+                                  int64_t begin, int64_t end) {
+  FewQScratch<T> sc(g.L, g.D);
+  for (int64_t bh = begin; bh < end; ++bh) {
+    switch (g.Nq) {
+#define REIDKERN_FEW_BWD(N)                                                                        \
+  case N:                                                                                          \
+    attn_bwd_task_few<T, VB, N>(g, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0, dks1, \
+                                dks2, dv, dvs0, dvs1, dvs2, bh, sc);                               \
+    break;
+      REIDKERN_FEW_BWD(1) REIDKERN_FEW_BWD(2) REIDKERN_FEW_BWD(3) REIDKERN_FEW_BWD(4)
+      REIDKERN_FEW_BWD(5) REIDKERN_FEW_BWD(6) REIDKERN_FEW_BWD(7) REIDKERN_FEW_BWD(8)
+#undef REIDKERN_FEW_BWD
+      default: break;
+    }
+  }
 }
 
 template <typename T, int VB>
@@ -424,8 +961,15 @@ REIDKERN_INLINE void attn_bwd_task(const AttnGeom& g, const T* dout, const T* gw
 template <typename T, int VB>
 REIDKERN_INLINE void attn_fwd_range(const AttnGeom& g, const T* q, const T* k, const T* v,
                                     const bool* mask, T scale, T* out, T* lse, T* mean, T* weights,
-                                    int64_t begin, int64_t end) {
+                                    const Blas& blas, int64_t begin, int64_t end) {
+  if (g.few) return attn_fwd_few<T, VB>(g, q, k, v, mask, scale, out, lse, mean, weights, begin, end);
   std::vector<T> S(g.Nq * g.L);
+  if (g.blas) {
+    for (int64_t bh = begin; bh < end; ++bh)
+      attn_fwd_task_blas<T, VB>(g, blas, q, k, v, mask, scale, out, lse, mean, weights, bh,
+                                S.data());
+    return;
+  }
   std::vector<int32_t> keys(g.L);
   for (int64_t bh = begin; bh < end; ++bh)
     attn_fwd_task<T, VB>(g, q, k, v, mask, scale, out, lse, mean, weights, bh, S, keys);
@@ -436,8 +980,17 @@ REIDKERN_INLINE void attn_bwd_range(const AttnGeom& g, const T* dout, const T* g
                                     const T* q, const T* k, const T* v, const bool* mask, T scale,
                                     const T* lse, T* dq, T* dk, int64_t dks0, int64_t dks1,
                                     int64_t dks2, T* dv, int64_t dvs0, int64_t dvs1, int64_t dvs2,
-                                    int64_t begin, int64_t end) {
+                                    const Blas& blas, int64_t begin, int64_t end) {
+  if (g.few)
+    return attn_bwd_few<T, VB>(g, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0, dks1,
+                               dks2, dv, dvs0, dvs1, dvs2, begin, end);
   std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
+  if (g.blas) {
+    for (int64_t bh = begin; bh < end; ++bh)
+      attn_bwd_task_blas<T, VB>(g, blas, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0,
+                                dks1, dks2, dv, dvs0, dvs1, dvs2, bh, P.data(), dS.data());
+    return;
+  }
   std::vector<int32_t> keys(g.L);
   for (int64_t bh = begin; bh < end; ++bh)
     attn_bwd_task<T, VB>(g, dout, gw, gmean, q, k, v, mask, scale, lse, dq, dk, dks0, dks1, dks2,
@@ -506,6 +1059,9 @@ AttnGeom check_geometry(const Tensor& q, const Tensor& k, const Tensor& v,
   g.qs0 = q.stride(0); g.qs1 = q.stride(1); g.qs2 = q.stride(2);
   g.ks0 = k.stride(0); g.ks1 = k.stride(1); g.ks2 = k.stride(2);
   g.vs0 = v.stride(0); g.vs1 = v.stride(1); g.vs2 = v.stride(2);
+  g.few = g.Nq >= 1 && g.Nq <= kFewQueries && g.L >= 1 && g.D >= 1 &&
+          (g.D <= kFewMaxD || g.Nq * g.L * g.D < kBlasMinMacs);
+  g.blas = !g.few && g.Nq * g.L * g.D >= kBlasMinMacs;
   if (mask.has_value()) {
     check_dim(*mask, 2, "key_padding_mask");
     check_dtype(*mask, ScalarType::Bool, "key_padding_mask");
@@ -528,6 +1084,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cpu(
                      ? torch::stable::empty({g.B, g.H, g.Nq, g.L}, st, std::nullopt, dev)
                      : torch::stable::empty({0}, st, std::nullopt, dev);
   const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  const Blas blas{dev, st};
   REIDKERN_DISPATCH_FLOATING(q, "template_attention_fwd", [&] {
     const scalar_t* qp = static_cast<const scalar_t*>(q.const_data_ptr());
     const scalar_t* kp = static_cast<const scalar_t*>(k.const_data_ptr());
@@ -536,8 +1093,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cpu(
     scalar_t* lp = static_cast<scalar_t*>(lse.mutable_data_ptr());
     scalar_t* mp = static_cast<scalar_t*>(mean.mutable_data_ptr());
     scalar_t* wp = return_weights ? static_cast<scalar_t*>(weights.mutable_data_ptr()) : nullptr;
+    advise_huge_pages(op, g.B * g.H * g.Nq * g.D * int64_t(sizeof(scalar_t)));
+    if (wp) advise_huge_pages(wp, g.B * g.H * g.Nq * g.L * int64_t(sizeof(scalar_t)));
     torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
-      attn_fwd<scalar_t>(g, qp, kp, vp, m, scalar_t(scale), op, lp, mp, wp, begin, end);
+      attn_fwd<scalar_t>(g, qp, kp, vp, m, scalar_t(scale), op, lp, mp, wp, blas, begin, end);
     });
   });
   return {out, lse, mean, weights};
@@ -569,6 +1128,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
   auto dv = torch::stable::empty_like(v);
   STD_TORCH_CHECK(dk.stride(3) == 1 && dv.stride(3) == 1, "unexpected gradient layout");
   const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
+  const Blas blas{dev, st};
   REIDKERN_DISPATCH_FLOATING(q, "template_attention_bwd", [&] {
     using T = scalar_t;
     const T* gop = static_cast<const T*>(grad_out.const_data_ptr());
@@ -581,11 +1141,14 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
     T* dqp = static_cast<T*>(dq.mutable_data_ptr());
     T* dkp = static_cast<T*>(dk.mutable_data_ptr());
     T* dvp = static_cast<T*>(dv.mutable_data_ptr());
+    advise_huge_pages(dqp, g.B * g.H * g.Nq * g.D * int64_t(sizeof(T)));
+    advise_huge_pages(dkp, dk.numel() * int64_t(sizeof(T)));
+    advise_huge_pages(dvp, dv.numel() * int64_t(sizeof(T)));
     const int64_t a0 = dk.stride(0), a1 = dk.stride(1), a2 = dk.stride(2);
     const int64_t c0 = dv.stride(0), c1 = dv.stride(1), c2 = dv.stride(2);
     torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
       attn_bwd<T>(g, gop, gwp, gmp, qp, kp, vp, m, T(scale), lp, dqp, dkp, a0, a1, a2, dvp, c0, c1,
-                  c2, begin, end);
+                  c2, blas, begin, end);
     });
   });
   return {dq, dk, dv};

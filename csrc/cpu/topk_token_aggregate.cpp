@@ -12,6 +12,10 @@
 // Z = 0 (all kept scores zero) is treated as Z = 1, which gives P = 0.
 #include "common.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <numeric>
 #include <type_traits>
@@ -26,6 +30,22 @@ namespace {
 #else
 #define REIDKERN_CLONES
 #endif
+
+// Asks Linux for transparent huge pages on a fresh output buffer before its first touch: the
+// kernel then maps it in 2 MiB instead of 4 KiB pages, which halves the time spent faulting in
+// (and zeroing) big gradients. A hint only; no effect where unsupported or for small buffers.
+inline void advise_huge_pages(void* p, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (p == nullptr || nbytes < int64_t(2 * kHuge)) return;
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(nbytes)) & ~(kHuge - 1);
+  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)nbytes;
+#endif
+}
 
 template <typename T>
 struct Vec {
@@ -262,6 +282,7 @@ std::tuple<Tensor, Tensor> topk_token_aggregate_bwd_cpu(const Tensor& grad_parts
     const T* tp = static_cast<const T*>(tokens.const_data_ptr());
     T* dsp = static_cast<T*>(dscores.mutable_data_ptr());
     T* dtp = static_cast<T*>(dtokens.mutable_data_ptr());
+    advise_huge_pages(dtp, dtokens.numel() * int64_t(sizeof(T)));
     const int64_t d0 = dtokens.stride(0), d1 = dtokens.stride(1);
     torch::stable::parallel_for(0, g.B, 1, [&](int64_t begin, int64_t end) {
       topk_bwd<T>(g, gp, gs, sp, tp, ip, dsp, dtp, d0, d1, begin, end);
