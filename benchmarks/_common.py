@@ -13,25 +13,37 @@ import torch
 SMOKE = os.environ.get("REIDKERN_BENCH_SMOKE", "0") == "1"
 
 
-def _fixed_mmap_threshold(nbytes=64 << 10):
-    """Makes glibc serve every allocation above ``nbytes`` with its own mmap and return it on free.
-
-    By default glibc raises its mmap threshold after large frees and then reuses heap pages that
-    are already resident, so the resident set stops growing and a sampled RSS peak reads ~0 for
-    code that allocates and frees big temporaries. A fixed threshold (mallopt M_MMAP_THRESHOLD)
-    makes the RSS track live large allocations, torch's and NumPy's alike.
-    """
+def _mallopt(param, value):
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        M_MMAP_THRESHOLD = -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
-    except OSError:  # not glibc: RSS peaks stay lower bounds
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
+    except OSError:  # not glibc
         return False
 
 
-FIXED_MMAP_THRESHOLD = _fixed_mmap_threshold()
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+class _MeasurableMalloc:
+    """While active, glibc serves every allocation above 64 KiB with its own mmap and returns it
+    on free, so the resident set tracks live buffers (torch's and NumPy's alike).
+
+    By default glibc raises its mmap threshold after large frees and then reuses heap pages that
+    are already resident, so a sampled RSS peak reads ~0 for code that allocates and frees big
+    temporaries. Timing must not run in that mode (every buffer would be faulted in afresh), so on
+    exit the thresholds go to glibc's own steady state after large frees: mmap above 32 MiB,
+    trim above 64 MiB.
+    """
+
+    def __enter__(self):
+        self.ok = _mallopt(M_MMAP_THRESHOLD, 64 << 10) and _mallopt(M_TRIM_THRESHOLD, 64 << 10)
+        return self
+
+    def __exit__(self, *exc):
+        _mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        _mallopt(M_TRIM_THRESHOLD, 64 << 20)
+        return False
 
 
 def smoke() -> bool:
@@ -49,8 +61,8 @@ def peak_memory(fn, device="cpu"):
 
     CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at the start (exact for torch
     allocations). CPU: growth of the process's resident set size over its value at the start,
-    sampled every millisecond by a thread, with glibc's mmap threshold fixed at 64 KiB so large
-    buffers are mapped and unmapped as they live and die (captures torch and NumPy allocations;
+    sampled every millisecond by a thread, with glibc's mmap threshold at 64 KiB during the call so
+    large buffers are mapped and unmapped as they live and die (:class:`_MeasurableMalloc`) (captures torch and NumPy allocations;
     spikes under 1 ms and small allocations can be missed, so it is a lower bound).
     """
     if torch.device(device).type == "cuda":
@@ -60,6 +72,11 @@ def peak_memory(fn, device="cpu"):
         out = fn()
         torch.cuda.synchronize()
         return out, torch.cuda.max_memory_allocated() - base
+    with _MeasurableMalloc():
+        return _cpu_peak(fn)
+
+
+def _cpu_peak(fn):
     base = _rss_bytes()
     peak = [base]
     done = threading.Event()
