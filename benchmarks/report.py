@@ -61,20 +61,25 @@ def table(rows):
 
 
 def chart(speedups, path):
+    """Horizontal bars: each reidkern backend's speed-up over eager per op and size (log scale)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not speedups:
+    bars = [(f"{g.replace(chr(10), '  ')}  [{p}]", s) for g, p, s in speedups if p.startswith("reidkern")]
+    if not bars:
         return False
-    labels = [f"{g}\n{p}" for g, p, _ in speedups]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(speedups)), 4.5))
-    ax.bar(range(len(speedups)), [s for _, _, s in speedups], color="#3b75af")
-    ax.axhline(1.0, color="grey", lw=1, ls="--")
-    ax.set_xticks(range(len(speedups)), labels, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("speed-up over eager (median, same run)")
-    ax.set_title("reidkern speed-up over the eager reference")
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(bars) + 1.2))
+    ys = range(len(bars))
+    ax.barh(ys, [s for _, s in bars], color=["#3b75af" if s >= 1 else "#c44e52" for _, s in bars])
+    ax.axvline(1.0, color="grey", lw=1, ls="--")
+    ax.set_yticks(ys, [label for label, _ in bars], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over the eager reference (median times, same run; log scale)")
+    ax.set_title("reidkern vs eager PyTorch")
+    for y, (_, s) in zip(ys, bars):
+        ax.text(s, y, f" {s:.2f}x", va="center", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

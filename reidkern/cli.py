@@ -83,6 +83,34 @@ def _repo_root():
     raise SystemExit("reidkern bench: run it from a reidkern source checkout (benchmarks/ not found)")
 
 
+def write_env(out_dir, root):
+    """env.json beside the results: device, versions, build facts and git revision of the run."""
+    import platform
+
+    import torch
+
+    import reidkern
+
+    info = reidkern.build_info()
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True)
+    info.update(
+        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu}",
+        cpu_count=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
+        git_revision=rev.stdout.strip() or None, git_dirty=bool(dirty.stdout.strip()),
+    )
+    with open(Path(out_dir) / "env.json", "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
 def cmd_bench(args):
     root = _repo_root()
     out = Path(args.out or root / "benchmarks" / "results" / "local")
@@ -99,6 +127,7 @@ def cmd_bench(args):
     if args.k:
         cmd += ["-k", args.k]
     print("running:", " ".join(cmd), flush=True)
+    write_env(out, root)
     rc = subprocess.call(cmd, cwd=root, env=env)
     if rc not in (0, 5):
         return rc
