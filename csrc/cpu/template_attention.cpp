@@ -22,10 +22,8 @@
 // baseline vectors) and picked from the CPU's features at run time. Big fresh outputs get a
 // transparent-huge-page hint before their first touch.
 #include "common.h"
+#include "huge_pages.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include <array>
 #include <cmath>
@@ -50,21 +48,6 @@ namespace {
 #define REIDKERN_X86 0
 #endif
 
-// Asks Linux for transparent huge pages on a fresh output buffer before its first touch: the
-// kernel then maps it in 2 MiB instead of 4 KiB pages, which halves the time spent faulting in
-// (and zeroing) big gradients. A hint only; no effect where unsupported or for small buffers.
-inline void advise_huge_pages(void* p, int64_t nbytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (p == nullptr || nbytes < int64_t(2 * kHuge)) return;
-  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(nbytes)) & ~(kHuge - 1);
-  if (e > a) (void)madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)nbytes;
-#endif
-}
 
 enum class Isa { Base, Avx2, Avx512 };
 
