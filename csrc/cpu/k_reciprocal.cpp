@@ -30,6 +30,27 @@ std::pair<Tensor, Tensor> to_csr_cols(const std::vector<std::vector<V>>& rows, c
   return {crow, cols};
 }
 
+// Writes per-row (column, value) lists into CSR tensors (crow, cols, float64 vals).
+std::tuple<Tensor, Tensor, Tensor> to_csr(const std::vector<std::vector<std::pair<int64_t, double>>>& rows,
+                                          const Tensor& like) {
+  auto [crow, cols] = to_csr_cols(rows, like);
+  auto vals = torch::stable::empty({cols.size(0)}, ScalarType::Double, std::nullopt, like.device());
+  const int64_t* cp = crow.const_data_ptr<int64_t>();
+  int64_t* cc = cols.mutable_data_ptr<int64_t>();
+  double* cv = vals.mutable_data_ptr<double>();
+  const int64_t n = static_cast<int64_t>(rows.size());
+  torch::stable::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      int64_t p = cp[i];
+      for (const auto& entry : rows[i]) {
+        cc[p] = entry.first;
+        cv[p++] = entry.second;
+      }
+    }
+  });
+  return {crow, cols, vals};
+}
+
 void check_ranks(const Tensor& ranks, int64_t need) {
   check_dim(ranks, 2, "ranks");
   check_dtype(ranks, ScalarType::Long, "ranks");
@@ -147,21 +168,7 @@ std::tuple<Tensor, Tensor, Tensor> sparse_rows_mean_cpu(const Tensor& crow, cons
       }
     }
   });
-  auto [ocrow, ocols] = to_csr_cols(rows, crow);
-  auto ovals = torch::stable::empty({ocols.size(0)}, ScalarType::Double, std::nullopt, crow.device());
-  const int64_t* op = ocrow.const_data_ptr<int64_t>();
-  int64_t* oc = ocols.mutable_data_ptr<int64_t>();
-  double* ov = ovals.mutable_data_ptr<double>();
-  torch::stable::parallel_for(0, N, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      int64_t p = op[i];
-      for (const auto& cv : rows[i]) {
-        oc[p] = cv.first;
-        ov[p++] = cv.second;
-      }
-    }
-  });
-  return {ocrow, ocols, ovals};
+  return to_csr(rows, crow);
 }
 
 std::tuple<Tensor, Tensor, Tensor> jaccard_sum_min_cpu(const Tensor& crow, const Tensor& cols,
@@ -214,21 +221,7 @@ std::tuple<Tensor, Tensor, Tensor> jaccard_sum_min_cpu(const Tensor& crow, const
       }
     }
   });
-  auto [ocrow, ocols] = to_csr_cols(rows, crow);
-  auto ovals = torch::stable::empty({ocols.size(0)}, ScalarType::Double, std::nullopt, crow.device());
-  const int64_t* op = ocrow.const_data_ptr<int64_t>();
-  int64_t* oc = ocols.mutable_data_ptr<int64_t>();
-  double* ov = ovals.mutable_data_ptr<double>();
-  torch::stable::parallel_for(0, R, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      int64_t p = op[i];
-      for (const auto& cv : rows[i]) {
-        oc[p] = cv.first;
-        ov[p++] = cv.second;
-      }
-    }
-  });
-  return {ocrow, ocols, ovals};
+  return to_csr(rows, crow);
 }
 
 Tensor jaccard_rerank_cpu(const Tensor& crow, const Tensor& cols, const Tensor& vals,
