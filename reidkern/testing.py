@@ -42,6 +42,20 @@ def backends_for(device="cpu", supported=("cpp", "cuda", "triton", "reference"))
     return out
 
 
+def randomize_batchnorm(model, seed=0):
+    """Gives every BatchNorm of ``model`` random running statistics and affine parameters (so
+    that eval-mode BN is not the identity in tests); returns ``model``."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return model
+
+
 def devices():
     """Devices to test on: CPU, plus CUDA when present."""
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

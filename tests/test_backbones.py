@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidkern.testing import randomize_batchnorm
 from reidkern.models.backbones import (
     deit_small_distilled_patch16,
     resize_pos_embed,
@@ -19,23 +20,11 @@ from reidkern.models.weights import LoadResult, load_weights, read_state_dict
 torch.set_num_threads(2)
 
 
-def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tv_resnet():
     """A torchvision-layout ResNet-50 (with fc) with non-trivial BN statistics."""
     torch.manual_seed(0)
-    return _randomize_bn(resnet50(last_stride=2, num_classes=1000, out_stages=("layer4", "fc"))).eval()
+    return randomize_batchnorm(resnet50(last_stride=2, num_classes=1000, out_stages=("layer4", "fc"))).eval()
 
 
 # ---------------------------------------------------------------- weights helper
@@ -220,7 +209,7 @@ def test_resnet50_reid_shapes_and_heads(tv_resnet):
 
 def test_resnet50_roundtrip_file(tmp_path):
     torch.manual_seed(3)
-    a = _randomize_bn(resnet50(out_stages=("layer2",)), 3).eval()
+    a = randomize_batchnorm(resnet50(out_stages=("layer2",)), 3).eval()
     p = tmp_path / "r50.pth"
     torch.save(a.state_dict(), p)
     b = resnet50(weights=p, out_stages=("layer2",)).eval()

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from reidkern.testing import randomize_batchnorm
 from reidkern.data import preprocess_batch, reid_mini_dir
 from reidkern.models.backbones import osnet_x0_25
 from reidkern.models.backbones.osnet_onnx import scope_to_module_name
@@ -17,18 +17,6 @@ ONNX = os.path.join(DATA, "osnet_x0_25_msmt17.onnx") if DATA else None
 needs_data = pytest.mark.skipif(
     DATA is None or not os.path.isfile(ONNX or ""), reason="reid-mini data (../shared/data/reid-mini or $REIDKERN_DATA) absent"
 )
-
-
-def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
-    return model
 
 
 # ---------------------------------------------------------------- structure, no data needed
@@ -64,7 +52,7 @@ def test_torchreid_key_names():
 
 def test_fold_bn_matches_eval_output():
     torch.manual_seed(0)
-    m = _randomize_bn(osnet_x0_25()).eval()
+    m = randomize_batchnorm(osnet_x0_25()).eval()
     f = m.fold_bn().eval()
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
@@ -76,7 +64,7 @@ def test_fold_bn_matches_eval_output():
 
 def test_torchreid_checkpoint_roundtrip_and_classifier_ignored(tmp_path):
     torch.manual_seed(1)
-    a = _randomize_bn(osnet_x0_25(num_classes=7), 1).eval()
+    a = randomize_batchnorm(osnet_x0_25(num_classes=7), 1).eval()
     p = tmp_path / "osnet_x0_25_market.pth"
     # torchreid's checkpoint layout: the state_dict (with the training classifier) beside
     # other entries; the classifier is ignored by a feature extractor without one
