@@ -16,6 +16,33 @@ from reidkern.ops.reference.template_attention import template_attention_referen
 
 _OP = "template_attention"
 
+
+def autograd_functions(backward_op):
+    """``(backward, setup_context)`` for a template_attention forward op whose outputs are
+    (out, lse, mean_logit, weights) and whose backward op takes (grad_out, grad_weights,
+    grad_mean_logit, q, k, v, key_padding_mask, lse, scale); shared by the C++/CUDA and Triton ops."""
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, key_padding_mask, scale, return_weights = inputs
+        ctx.save_for_backward(q, k, v, key_padding_mask, output[1])
+        ctx.scale = scale
+        ctx.return_weights = return_weights
+
+    def backward(ctx, grad_out, grad_lse, grad_mean, grad_weights):
+        q, k, v, key_padding_mask, lse = ctx.saved_tensors
+        B, H, L, D = k.shape
+        if grad_out is None:
+            grad_out = q.new_zeros(B, H, q.shape[2], D)
+        grad_weights = grad_weights.contiguous() if (ctx.return_weights and grad_weights is not None) else None
+        grad_mean = grad_mean.contiguous() if grad_mean is not None else None
+        dq, dk, dv = backward_op(grad_out.contiguous(), grad_weights, grad_mean, q, k, v,
+                                 key_padding_mask, lse, ctx.scale)
+        if q.shape[0] != B:  # q broadcast over the batch: its gradient sums over the batch
+            dq = dq.sum(dim=0, keepdim=True)
+        return dq, dk, dv, None, None, None
+
+    return backward, setup_context
+
 if native_available():
     @torch.library.register_fake("reidkern::template_attention_fwd")
     def _(q, k, v, key_padding_mask, scale, return_weights):
@@ -29,26 +56,7 @@ if native_available():
         B, H, L, D = k.shape
         return q.new_empty(B, H, q.shape[2], D), torch.empty_like(k), torch.empty_like(v)
 
-    def _setup_context(ctx, inputs, output):
-        q, k, v, key_padding_mask, scale, return_weights = inputs
-        _, lse, _, _ = output
-        ctx.save_for_backward(q, k, v, key_padding_mask, lse)
-        ctx.scale = scale
-        ctx.return_weights = return_weights
-
-    def _backward(ctx, grad_out, grad_lse, grad_mean, grad_weights):
-        q, k, v, key_padding_mask, lse = ctx.saved_tensors
-        B, H, L, D = k.shape
-        if grad_out is None:
-            grad_out = q.new_zeros(B, H, q.shape[2], D)
-        grad_weights = grad_weights.contiguous() if (ctx.return_weights and grad_weights is not None) else None
-        grad_mean = grad_mean.contiguous() if grad_mean is not None else None
-        dq, dk, dv = torch.ops.reidkern.template_attention_bwd(
-            grad_out.contiguous(), grad_weights, grad_mean, q, k, v, key_padding_mask, lse, ctx.scale)
-        if q.shape[0] != B:
-            dq = dq.sum(dim=0, keepdim=True)
-        return dq, dk, dv, None, None, None
-
+    _backward, _setup_context = autograd_functions(torch.ops.reidkern.template_attention_bwd)
     torch.library.register_autograd("reidkern::template_attention_fwd", _backward,
                                     setup_context=_setup_context)
 

@@ -13,6 +13,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from reidkern.ops.template_attention import autograd_functions
+
 
 def _p2(n, lo=16):
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
@@ -225,27 +227,7 @@ def template_attention_triton_bwd(grad_out: torch.Tensor, grad_weights: torch.Te
     return dq, dk, dv
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, scale, return_weights = inputs
-    ctx.save_for_backward(q, k, v, key_padding_mask, output[1])
-    ctx.scale = scale
-    ctx.return_weights = return_weights
-
-
-def _backward(ctx, grad_out, grad_lse, grad_mean, grad_weights):
-    q, k, v, key_padding_mask, lse = ctx.saved_tensors
-    B, H, L, D = k.shape
-    if grad_out is None:
-        grad_out = q.new_zeros(B, H, q.shape[2], D)
-    grad_weights = grad_weights.contiguous() if (ctx.return_weights and grad_weights is not None) else None
-    grad_mean = grad_mean.contiguous() if grad_mean is not None else None
-    dq, dk, dv = template_attention_triton_bwd(grad_out.contiguous(), grad_weights, grad_mean, q, k, v,
-                                               key_padding_mask, lse, ctx.scale)
-    if q.shape[0] != B:
-        dq = dq.sum(dim=0, keepdim=True)
-    return dq, dk, dv, None, None, None
-
-
+_backward, _setup_context = autograd_functions(template_attention_triton_bwd)
 template_attention_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
