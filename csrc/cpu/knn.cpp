@@ -10,7 +10,7 @@
 // upper bound can still be the maximum. Only those candidates are recomputed exactly in float64,
 // so the result is the exact k smallest with index-ordered ties, whatever the BLAS rounding.
 // Memory: O(tile) + O(M k) candidates.
-#include "common.h"
+#include "knn.h"
 
 #include <algorithm>
 #include <cmath>
@@ -199,12 +199,7 @@ void knn_impl(const Tensor& x, const Tensor& y, int64_t k, int64_t offset, doubl
 
 std::tuple<Tensor, Tensor, Tensor> knn_cpu(const Tensor& x, const Tensor& y, int64_t k,
                                            int64_t index_offset) {
-  check_dim(x, 2, "x");
-  check_dim(y, 2, "y");
-  check_floating(x, "x");
-  STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), "knn: x and y must have the same dtype");
-  STD_TORCH_CHECK(x.size(1) == y.size(1), "knn: x and y must have the same feature dimension");
-  STD_TORCH_CHECK(x.is_contiguous() && y.is_contiguous(), "knn: x and y must be contiguous");
+  check_knn_inputs(x, y);
   STD_TORCH_CHECK(k >= 1, "knn: k must be >= 1");
   const int64_t M = x.size(0);
   auto dist = torch::stable::empty({M, k}, ScalarType::Double, std::nullopt, x.device());

@@ -11,7 +11,7 @@
 // knn_merge_kernel: one block per row merges the kThreads * splits sorted lists by repeated
 // block-wide minimum of the list heads ((distance, index) order), and reduces the maxima.
 // Rows are processed in chunks so the scratch stays under ~512 MB.
-#include "common.h"
+#include "knn.h"
 
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/accelerator.h>
@@ -200,12 +200,7 @@ void launch(const T* x, const T* y, int64_t M, int64_t ny, int64_t dim, int k, i
 
 std::tuple<Tensor, Tensor, Tensor> knn_cuda(const Tensor& x, const Tensor& y, int64_t k,
                                             int64_t index_offset) {
-  check_dim(x, 2, "x");
-  check_dim(y, 2, "y");
-  check_floating(x, "x");
-  STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), "knn: x and y must have the same dtype");
-  STD_TORCH_CHECK(x.size(1) == y.size(1), "knn: x and y must have the same feature dimension");
-  STD_TORCH_CHECK(x.is_contiguous() && y.is_contiguous(), "knn: x and y must be contiguous");
+  check_knn_inputs(x, y);
   STD_TORCH_CHECK(k >= 1 && k <= 256, "knn (CUDA): k must be in [1, 256]; use backend='triton' or 'cpp'");
   const torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
   const int64_t M = x.size(0), ny = y.size(0), dim = x.size(1);
