@@ -35,7 +35,9 @@ def check(backend, q, k, v, mask=None, scale=None):
     out, w, mean = template_attention(q, k, v, mask, scale=scale, return_weights=True,
                                       return_mean_logit=True, backend=backend)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ro, rw, rm = template_attention_reference(q64, k64, v64, mask, scale)
+    B = max(q.shape[0], k.shape[0], 1 if mask is None else mask.shape[0])
+    ro, rw, rm = template_attention_reference(q64, k64.expand(B, -1, -1, -1), v64.expand(B, -1, -1, -1),
+                                              mask, scale)
     dt = q.dtype
     assert out.dtype == dt and out.shape == ro.shape
     assert_close(out, ro, dtype=dt)
@@ -78,6 +80,23 @@ def test_masks_and_fully_padded_rows(backend):
     dq, dk, dv = torch.autograd.grad(out.sum(), (q, k, v))
     assert (dk[1] == 0).all() and (dv[1] == 0).all()
     assert torch.isfinite(dq).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_keys_shared_by_the_batch(backend, with_mask):
+    # LGUR's dictionary: k, v [1, H, L, D] seen by every sample; their gradients sum over the batch
+    q, _, _ = make(3, 2, 5, 23, 12, dtype=torch.float64, seed=21)
+    _, k, v = make(1, 2, 5, 23, 12, dtype=torch.float64, seed=22)
+    mask = make_mask(3, 23, full_row=2) if with_mask else None
+    check(backend, q, k, v, mask)
+    out = template_attention(q, k, v, mask, backend=backend)
+    assert out.shape == (3, 2, 5, 12)
+    dk, dv = torch.autograd.grad(out.sum(), (k, v))
+    assert dk.shape == k.shape and dv.shape == v.shape
+    # batch-1 queries and keys with a per-sample mask: B comes from the mask
+    q1 = q[:1].detach().requires_grad_()
+    check(backend, q1, k, v, make_mask(3, 23, seed=4))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

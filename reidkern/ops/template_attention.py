@@ -73,7 +73,8 @@ def _validate(q, k, v, key_padding_mask, scale):
         raise ValueError(f"k must be 4-D [B, H, L, D], got shape {tuple(k.shape)}")
     if v.shape != k.shape:
         raise ValueError(f"v must have k's shape [B, H, L, D] = {tuple(k.shape)}, got {tuple(v.shape)}")
-    B, H, L, D = k.shape
+    _, H, L, D = k.shape
+    B = _batch(q, k, key_padding_mask)
     if q.shape[0] not in (1, B) or q.shape[1] != H or q.shape[3] != D:
         raise ValueError(f"q must be [B or 1, H, Nq, D] = [{B} or 1, {H}, Nq, {D}] to match k, "
                          f"got {tuple(q.shape)}")
@@ -99,6 +100,14 @@ def _validate(q, k, v, key_padding_mask, scale):
     return float(scale)
 
 
+def _batch(q, k, key_padding_mask):
+    """The batch size B: k's, else q's (each may be 1, broadcast), else the mask's [B, L] rows."""
+    B = k.shape[0] if k.shape[0] != 1 else q.shape[0]
+    if B == 1 and isinstance(key_padding_mask, torch.Tensor) and key_padding_mask.dim() == 2:
+        B = key_padding_mask.shape[0]
+    return B
+
+
 def _unit_last(t):
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
@@ -114,8 +123,11 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
     Args:
         q: [B, H, Nq, D] or [1, H, Nq, D] queries; batch 1 (learned queries) is broadcast without
             a copy and its gradient is summed over the batch. Nq is typically 1–32.
-        k, v: [B, H, L, D] keys and values (L up to a few hundred, D up to 512). Any strides with
-            a unit stride on D (e.g. ``x.view(B, L, H, D).transpose(1, 2)``) are used in place.
+        k, v: [B, H, L, D] or [1, H, L, D] keys and values (L up to a few hundred, D up to 512).
+            Any strides with a unit stride on D (e.g. ``x.view(B, L, H, D).transpose(1, 2)``) are
+            used in place. Batch 1 (a dictionary shared by the batch, LGUR DGA) is broadcast:
+            without a padding mask the B·Nq queries run as one batch, so the gradients of k and v
+            are summed in the kernel and never materialised per sample.
         key_padding_mask: optional [B, L] bool, True = padding (ignored), as in
             ``nn.MultiheadAttention``. A query whose keys are all padding gets zeros (not NaN) and
             zero gradients.
@@ -133,10 +145,22 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
     Raises:
         TypeError: non-tensor or non-floating q/k/v, mismatched dtypes, a non-bool mask, a
             non-numeric scale.
-        ValueError: wrong shapes (q not [B or 1, H, Nq, D] matching k, v not k's shape, mask not
-            [B, L]), mismatched devices, an unknown backend.
+        ValueError: wrong shapes (q not [B or 1, H, Nq, D] matching k, k not [B or 1, H, L, D],
+            v not k's shape, mask not [B, L]), mismatched devices, an unknown backend.
     """
     scale = _validate(q, k, v, key_padding_mask, scale)
+    B, H, Nq = _batch(q, k, key_padding_mask), q.shape[1], q.shape[2]
+    if k.shape[0] == 1 and B > 1:
+        if key_padding_mask is None and q.shape[0] == B:
+            # Keys/values shared by the batch (a dictionary): the batch becomes B*Nq query rows
+            # of one batch, so dk/dv are summed inside the kernel instead of materialised B times.
+            q1 = q.transpose(0, 1).reshape(1, H, B * Nq, q.shape[3])
+            res = template_attention(q1, k, v, None, scale, return_weights, return_mean_logit, backend)
+            res = res if isinstance(res, tuple) else (res,)
+            unfold = lambda t: t.view(H, B, Nq, *t.shape[3:]).transpose(0, 1)  # noqa: E731
+            res = tuple(unfold(t) for t in res)
+            return res if len(res) > 1 else res[0]
+        k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)  # per-sample padding: broadcast
     choice = resolve_backend(_OP, q.device, backend)
     in_dtype = q.dtype
     if in_dtype in (torch.float16, torch.bfloat16):
