@@ -98,6 +98,42 @@ def test_layer_compiles_fullgraph(name, make, inputs, kwargs):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
 
 
+@pytest.mark.parametrize("backend", [None, "reference"])
+@pytest.mark.parametrize("q_batch,c_batch", [(1, 3), (3, 3), (3, 1)])
+def test_folded_projections_equal_projected(backend, q_batch, c_batch):
+    # The folded path (k/v projections moved onto the queries) is the same function as the
+    # projected one, biases and fully padded rows included: float64, values and all gradients.
+    torch.manual_seed(4)
+    layer = TemplateCrossAttention(12, num_heads=3, head_dim=7, qkv_bias=True, ffn_dim=10,
+                                   backend=backend).double()
+    g = _g(4)
+    query = torch.randn(q_batch, 4, 12, generator=g, dtype=torch.float64)
+    context = torch.randn(c_batch, 9, 12, generator=g, dtype=torch.float64)
+    mask = torch.rand(3, 9, generator=g) < 0.3
+    mask[1] = True
+    results = []
+    for fold in (True, False):
+        layer.fold_projections = fold
+        q, c = query.clone().requires_grad_(), context.clone().requires_grad_()
+        out, w = layer(q, c, key_padding_mask=mask, return_weights=True)
+        gg = _g(5)
+        loss = (out * torch.randn(out.shape, generator=gg, dtype=torch.float64)).sum() + (w * w).sum()
+        params = list(layer.parameters())
+        grads = torch.autograd.grad(loss, [q, c] + params, allow_unused=True)
+        # the key bias shifts every logit of a row equally: its gradient is 0 (unused when folded)
+        grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip([q, c] + params, grads)]
+        results.append([out, w] + grads)
+    for a, b in zip(*results):
+        assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+def test_fold_choice_follows_the_multiply_add_count():
+    pgu = TemplateCrossAttention(384, num_heads=6, head_dim=512)
+    assert pgu._fold(1, 64, 64, 6, 192, torch.device("cpu"))  # 6 prototypes over 192 tokens
+    dga = TemplateCrossAttention(384, num_heads=6, head_dim=64)
+    assert not dga._fold(64, 1, 64, 192, 400, torch.device("cpu"))  # 192 tokens over 400 atoms
+
+
 def test_state_dict_names():
     names = set(TemplateCrossAttention(32, num_heads=4, ffn_dim=64).state_dict())
     assert {"norm.weight", "to_q.weight", "to_k.weight", "to_v.weight", "to_out.weight", "to_out.bias",

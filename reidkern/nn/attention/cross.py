@@ -1,5 +1,6 @@
 """Multi-head cross-attention block of a few queries over tokens (LGUR's "MHA", DPTI's part
 attention), on the fused ``template_attention`` op."""
+import torch
 from torch import nn
 
 from reidkern.ops.template_attention import template_attention
@@ -26,6 +27,11 @@ class TemplateCrossAttention(nn.Module):
         qkv_bias: bias on to_q/to_k/to_v. ffn_dim: hidden width of the FFN (None: no FFN).
         scale: logit scale (default 1/sqrt(head_dim)). dropout: on the attention output and FFN.
         backend: reidkern backend for the attention op (None: default choice).
+        fold_projections: move the key/value projections onto the queries (exact algebra, see
+            ``_attend_folded``): the keys and values [B, heads, L, head_dim] are then never built,
+            which for a few queries over many tokens (LGUR PGU, DPTI part templates) saves most
+            of the layer's multiply-adds and memory. None (default) decides per call by counting
+            multiply-adds; True/False force it.
 
     Shapes:
         query [B, Nq, dim] or [Nq, dim] (learned queries, broadcast over the batch without a copy);
@@ -35,8 +41,10 @@ class TemplateCrossAttention(nn.Module):
     """
 
     def __init__(self, dim, num_heads=8, head_dim=None, context_dim=None, qkv_bias=False,
-                 ffn_dim=None, shared_norm=True, scale=None, dropout=0.0, backend=None):
+                 ffn_dim=None, shared_norm=True, scale=None, dropout=0.0, backend=None,
+                 fold_projections=None):
         super().__init__()
+        self.fold_projections = fold_projections
         context_dim = dim if context_dim is None else context_dim
         head_dim = dim // num_heads if head_dim is None else head_dim
         if shared_norm and context_dim != dim:
@@ -58,6 +66,46 @@ class TemplateCrossAttention(nn.Module):
         else:
             self.ffn_norm = self.ffn = None
 
+    def _fold(self, Bq, Bc, B, Nq, L, device):
+        """Whether to fold the k/v projections into the queries (see _attend_folded): chosen when
+        it needs fewer multiply-adds, i.e. for a few queries over per-sample tokens."""
+        if self.fold_projections is not None:
+            return self.fold_projections
+        c, inner, H = self.to_k.in_features, self.num_heads * self.head_dim, self.num_heads
+        if device.type == "cuda" and c > 512:  # the CUDA kernel's head-dim limit
+            return False
+        projected = 2 * Bc * L * c * inner + 2 * B * H * Nq * L * self.head_dim
+        folded = Bq * Nq * inner * c + 2 * B * H * Nq * L * c + B * Nq * c * inner
+        return folded < projected
+
+    def _attend_folded(self, q, c, B, key_padding_mask, return_weights):
+        """Attention with the key/value projections moved off the L tokens onto the Nq queries.
+
+        ``q_h · (W_k,h x_j + b_k,h) = (W_k,hᵀ q_h) · x_j + const`` (the constant cancels in the
+        softmax) and ``Σ_j p_j (W_v,h x_j + b_v,h) = W_v,h (Σ_j p_j x_j) + b_v,h``: every head
+        attends over the normalised tokens x themselves, so the [B, H, L, head_dim] keys and
+        values are never computed or stored. Exact up to float rounding order.
+        """
+        H, hd = self.num_heads, self.head_dim
+        Bq, Nq, cdim = q.shape[0], q.shape[1], c.shape[-1]
+        w_k = self.to_k.weight.view(H, hd, cdim)
+        w_v = self.to_v.weight.view(H, hd, cdim)
+        qf = torch.matmul(self._heads(q), w_k)  # [Bq, H, Nq, c]
+        scale = self.scale if self.scale is not None else hd ** -0.5
+        x = c.unsqueeze(1)  # [Bc, 1, L, c]: one "head" whose H*Nq queries are the heads' queries
+        res = template_attention(qf.reshape(Bq, 1, H * Nq, cdim), x, x, key_padding_mask, scale=scale,
+                                 return_weights=return_weights, backend=self.backend)
+        u, weights = (res if return_weights else (res, None))
+        out = torch.matmul(u.reshape(B, H, Nq, cdim), w_v.transpose(1, 2))  # [B, H, Nq, hd]
+        if self.to_v.bias is not None:
+            b_v = self.to_v.bias.view(1, H, 1, hd)
+            if key_padding_mask is not None:  # a fully padded row stays zero, as unfolded
+                b_v = b_v * (~key_padding_mask).any(-1).to(out.dtype).view(B, 1, 1, 1)
+            out = out + b_v
+        if weights is not None:
+            weights = weights.reshape(B, H, Nq, weights.shape[-1])
+        return out, weights
+
     def _heads(self, x):  # [N, L, inner] -> [N, H, L, hd] view (unit stride on hd)
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
@@ -72,15 +120,17 @@ class TemplateCrossAttention(nn.Module):
         if q_in.shape[0] not in (1, B) or c_in.shape[0] not in (1, B):
             raise ValueError(f"query batch {q_in.shape[0]} and context batch {c_in.shape[0]} do not match")
         cnorm = self.norm if self.context_norm is None else self.context_norm
-        q = self._heads(self.to_q(self.norm(q_in)))
+        q = self.to_q(self.norm(q_in))  # [Bq, Nq, inner]
         c = cnorm(c_in)
-        k, v = self._heads(self.to_k(c)), self._heads(self.to_v(c))
-        if k.shape[0] != B:  # a context shared by the batch (dictionary): broadcast, no copy
-            k, v = k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)
-        res = template_attention(q, k, v, key_padding_mask, scale=self.scale,
-                                 return_weights=return_weights, backend=self.backend)
-        out, weights = (res if return_weights else (res, None))
-        out = out.transpose(1, 2).reshape(B, q.shape[2], self.num_heads * self.head_dim)
+        if self._fold(q_in.shape[0], c_in.shape[0], B, q_in.shape[1], c_in.shape[1], c.device):
+            out, weights = self._attend_folded(q, c, B, key_padding_mask, return_weights)
+        else:
+            # a context shared by the batch (dictionary) stays batch 1: the op broadcasts it
+            k, v = self._heads(self.to_k(c)), self._heads(self.to_v(c))
+            res = template_attention(self._heads(q), k, v, key_padding_mask, scale=self.scale,
+                                     return_weights=return_weights, backend=self.backend)
+            out, weights = (res if return_weights else (res, None))
+        out = out.transpose(1, 2).reshape(B, q.shape[1], self.num_heads * self.head_dim)
         x = q_in + self.dropout(self.to_out(out))
         if self.ffn is not None:
             x = x + self.dropout(self.ffn(self.ffn_norm(x)))
