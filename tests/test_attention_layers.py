@@ -7,6 +7,7 @@ import torch
 import reidkern
 from reidkern.nn import (DictionaryCrossAttention, PartTemplateInit, PrototypeUnification,
                          TargetAwareAttention, TemplateCrossAttention, TopKTokenAggregation)
+from reidkern.nn.attention import reference as attn_ref
 from reidkern.testing import assert_close
 
 NATIVE = reidkern.build_info()["native"]
@@ -125,6 +126,42 @@ def test_folded_projections_equal_projected(backend, q_batch, c_batch):
         results.append([out, w] + grads)
     for a, b in zip(*results):
         assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+def _standard_cases():
+    g = _g(6)
+    mask = torch.rand(3, 10, generator=g) < 0.3
+    tok = lambda L, C: torch.randn(3, L, C, generator=g, dtype=torch.float64)  # noqa: E731
+    pgu = PrototypeUnification(dim=16, num_prototypes=3, num_layers=2, num_heads=2, head_dim=24,
+                               ffn_dim=20, out_dim=12)
+    dga = DictionaryCrossAttention(dim=16, num_atoms=13, num_heads=2, head_dim=8, ffn_dim=24)
+    dpti = TemplateCrossAttention(16, num_heads=4, head_dim=6, ffn_dim=20)
+    return [
+        ("pgu", pgu, (tok(10, 16),), dict(key_padding_mask=mask), attn_ref.prototype_unification_reference),
+        ("dga", dga, (tok(10, 16),), dict(foreground=True), attn_ref.dictionary_cross_attention_reference),
+        ("dpti_templates", dpti, (tok(4, 16), tok(10, 16)), dict(key_padding_mask=mask),
+         attn_ref.template_cross_attention_reference),
+    ]
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("case", range(3))
+def test_layers_equal_the_standard_blocks(case, attention):
+    # reidkern's layers (folded projections, shared dictionary) against the field's standard
+    # blocks (projected k/v, everything expanded over the batch) in float64, values and gradients.
+    torch.manual_seed(7)
+    name, layer, inputs, kwargs, reference = _standard_cases()[case]
+    layer = layer.double()
+    results = []
+    for fn in (lambda *a, **k: layer(*a, **k), lambda *a, **k: reference(layer, *a, attention=attention, **k)):
+        args = [a.clone().requires_grad_() for a in inputs]
+        out = fn(*args, **kwargs)
+        loss = (out * torch.randn(out.shape, generator=_g(8), dtype=torch.float64)).sum()
+        params = list(layer.parameters())
+        grads = torch.autograd.grad(loss, args + params, allow_unused=True)
+        results.append([out] + [torch.zeros_like(p) if gr is None else gr for p, gr in zip(args + params, grads)])
+    for a, b in zip(*results):
+        assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_fold_choice_follows_the_multiply_add_count():

@@ -90,13 +90,15 @@ class TemplateCrossAttention(nn.Module):
         Bq, Nq, cdim = q.shape[0], q.shape[1], c.shape[-1]
         w_k = self.to_k.weight.view(H, hd, cdim)
         w_v = self.to_v.weight.view(H, hd, cdim)
-        qf = torch.matmul(self._heads(q), w_k)  # [Bq, H, Nq, c]
+        # einsum, not a broadcasting matmul: it runs one GEMM per head over the (batch, query)
+        # rows instead of copying the weights B times
+        qf = torch.einsum("bnhd,hdc->bhnc", q.view(Bq, Nq, H, hd), w_k)  # [Bq, H, Nq, c]
         scale = self.scale if self.scale is not None else hd ** -0.5
         x = c.unsqueeze(1)  # [Bc, 1, L, c]: one "head" whose H*Nq queries are the heads' queries
         res = template_attention(qf.reshape(Bq, 1, H * Nq, cdim), x, x, key_padding_mask, scale=scale,
                                  return_weights=return_weights, backend=self.backend)
         u, weights = (res if return_weights else (res, None))
-        out = torch.matmul(u.reshape(B, H, Nq, cdim), w_v.transpose(1, 2))  # [B, H, Nq, hd]
+        out = torch.einsum("bhnc,hdc->bhnd", u.reshape(B, H, Nq, cdim), w_v)  # [B, H, Nq, hd]
         if self.to_v.bias is not None:
             b_v = self.to_v.bias.view(1, H, 1, hd)
             if key_padding_mask is not None:  # a fully padded row stays zero, as unfolded
