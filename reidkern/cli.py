@@ -112,6 +112,8 @@ def write_env(out_dir, root):
 
 
 def cmd_bench(args):
+    import torch
+
     root = _repo_root()
     out = Path(args.out or root / "benchmarks" / "results" / "local")
     out.mkdir(parents=True, exist_ok=True)
@@ -134,8 +136,12 @@ def cmd_bench(args):
     if args.smoke:
         print("smoke mode: each benchmark ran once, untimed; no table")
         return 0
-    return subprocess.call([sys.executable, str(root / "benchmarks" / "report.py"), str(json_path),
-                            "--out", str(out)], cwd=root)
+    rc = subprocess.call([sys.executable, str(root / "benchmarks" / "report.py"), str(json_path),
+                          "--out", str(out)], cwd=root)
+    if rc == 0 and not torch.cuda.is_available():  # CPU GEMM bound next to the CPU targets
+        rc = subprocess.call([sys.executable, str(root / "benchmarks" / "roofline.py"), str(json_path),
+                              "--out", str(out / "roofline.md")], cwd=root)
+    return rc
 
 
 def cmd_info(_args):
