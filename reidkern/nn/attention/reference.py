@@ -25,8 +25,10 @@ def template_cross_attention_reference(module, query, context, key_padding_mask=
     """:class:`reidkern.nn.TemplateCrossAttention` the standard way (projected k/v per sample).
 
     query [B, Nq, dim] or [Nq, dim]; context [B, L, context_dim] or [L, context_dim];
-    key_padding_mask [B, L] bool (True = padding). Returns [B, Nq, dim]. With ``attention="sdpa"``
-    a fully padded row gives NaN, as SDPA does.
+    key_padding_mask [B, L] bool (True = padding). Floating inputs in the module's dtype; returns
+    [B, Nq, dim] in that dtype. With ``attention="sdpa"`` a fully padded row gives NaN, as SDPA
+    does. Source: LGUR's official MHA block (pre-LN shared by query and context, bias-free q/k/v,
+    residual, ReLU FFN). Raises ValueError for an ``attention`` other than "eager" or "sdpa".
     """
     m = module
     q_in = query if query.dim() == 3 else query.unsqueeze(0)
@@ -52,7 +54,8 @@ def template_cross_attention_reference(module, query, context, key_padding_mask=
 def dictionary_cross_attention_reference(module, tokens, foreground=False, context=None,
                                          context_padding_mask=None, attention="eager"):
     """:class:`reidkern.nn.DictionaryCrossAttention` (LGUR DGA) with the dictionary expanded over
-    the batch. tokens [B, L, dim] → [B, L, dim]."""
+    the batch. tokens [B, L, dim] → [B, L, dim]; dtypes, errors as
+    :func:`template_cross_attention_reference`."""
     kv = module.dictionary if context is None else context
     out = template_cross_attention_reference(module.attn, tokens, kv, context_padding_mask, attention)
     if foreground:
@@ -62,7 +65,8 @@ def dictionary_cross_attention_reference(module, tokens, foreground=False, conte
 
 def prototype_unification_reference(module, tokens, key_padding_mask=None, attention="eager"):
     """:class:`reidkern.nn.PrototypeUnification` (LGUR PGU) with the prototypes expanded over the
-    batch. tokens [B, L, dim] → [B, K, out_dim]."""
+    batch. tokens [B, L, dim] → [B, K, out_dim]; dtypes, errors as
+    :func:`template_cross_attention_reference`."""
     x = module.prototypes.unsqueeze(0).expand(tokens.shape[0], -1, -1)
     for layer in module.layers:
         x = template_cross_attention_reference(layer, x, tokens, key_padding_mask, attention)
