@@ -33,6 +33,23 @@ class CMakeExtension(Extension):
         super().__init__(name, sources=[])
 
 
+def _drop_stale_cmake_cache(build_temp):
+    """Removes a build folder whose CMake cache names a cmake or ninja that no longer exists.
+
+    pip builds in a temporary environment that holds its own cmake and ninja and is deleted
+    afterwards; a second ``pip install .`` of the same checkout would otherwise reuse the cache
+    and fail with "ninja: no such file or directory"."""
+    cache = build_temp / "CMakeCache.txt"
+    if not cache.exists():
+        return
+    for line in cache.read_text(errors="replace").splitlines():
+        if line.startswith(("CMAKE_MAKE_PROGRAM:", "CMAKE_COMMAND:")):
+            tool = line.split("=", 1)[-1].strip()
+            if tool and not Path(tool).exists():
+                shutil.rmtree(build_temp)
+                return
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import pybind11
@@ -40,6 +57,7 @@ class CMakeBuild(build_ext):
 
         extdir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_temp = Path(self.build_temp).resolve() / ext.name
+        _drop_stale_cmake_cache(build_temp)
         build_temp.mkdir(parents=True, exist_ok=True)
 
         nvcc = _find_nvcc()
