@@ -1,0 +1,123 @@
+"""What one model brings to the training engine: a ``Recipe``.
+
+A recipe is the paper's training defaults in one place — how to build the model, its losses,
+parameter groups, sampler and schedule — so that ``reidkern train NAME`` reproduces the paper and
+every default stays a keyword a user can override. Recipes register themselves by name
+(``register_recipe``) from ``reidkern/engine/recipes/<name>.py``.
+
+The batch every ``compute_loss`` / ``extract`` receives is a dict of tensors collated by the
+engine's loader:
+
+    img       float [B, 3, H, W], normalised
+    pid       int64 [B]   (training labels 0..num_classes−1)
+    camid     int64 [B]
+    modality  int64 [B]   (reidkern.data.VISIBLE / INFRARED)
+    index     int64 [B]   (position in the split's record list)
+    text_ids, text_mask   int64 [B, L] (text-to-image tasks only)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["Recipe", "register_recipe", "get_recipe", "recipe_names"]
+
+LossFn = Callable[[nn.Module, Dict[str, torch.Tensor]], Tuple[torch.Tensor, Dict[str, float]]]
+ExtractFn = Callable[[nn.Module, Dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _all_parameters(model: nn.Module, lr: float) -> List[Dict[str, Any]]:
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
+
+@dataclass
+class Recipe:
+    """One model's training defaults.
+
+    Fields:
+        name: the CLI name (``reidkern train NAME``).
+        task: ``"image"`` (single-modality image ReID), ``"visible-infrared"``, ``"text-image"``
+            or ``"uda"`` (unsupervised domain adaptation).
+        build_model: ``build_model(num_classes, **kwargs) -> nn.Module``.
+        compute_loss: ``compute_loss(model, batch) -> (loss, logs)``: the scalar loss to
+            back-propagate and a dict of floats to log; ``model`` is in train mode.
+        extract: ``extract(model, batch) -> [B, D] features`` (eval mode, no grad); the features
+            the paper evaluates.
+        height, width: input size in pixels.
+        num_instances, batch_size: the P×K sampler's K and P·K.
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``; ``lr``, ``weight_decay``, ``momentum``.
+        param_groups: ``param_groups(model, lr) -> list of optimizer groups`` (own lrs per part).
+        epochs, scheduler (``"step"`` | ``"cosine"``), milestones (epochs), gamma, warmup_epochs,
+            warmup_factor: the learning-rate schedule, built from torch.optim.lr_scheduler.
+        metric: distance used at test time (``"cosine"`` or ``"euclidean"``).
+        hooks: extra engine hooks (layer freezing, EMA teacher, per-epoch pseudo-labels).
+        model_kwargs: extra keywords for ``build_model``.
+    """
+
+    name: str
+    task: str
+    build_model: Callable[..., nn.Module]
+    compute_loss: LossFn
+    extract: ExtractFn
+    height: int = 256
+    width: int = 128
+    num_instances: int = 4
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    param_groups: Callable[[nn.Module, float], List[Dict[str, Any]]] = _all_parameters
+    epochs: int = 120
+    scheduler: str = "step"
+    milestones: Tuple[int, ...] = (40, 70)
+    gamma: float = 0.1
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.01
+    metric: str = "cosine"
+    hooks: List[Any] = field(default_factory=list)
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+_RECIPES: Dict[str, Callable[[], Recipe]] = {}
+
+
+def register_recipe(name: str):
+    """Decorator: register a zero-argument factory returning a ``Recipe`` under ``name``."""
+
+    def wrap(factory: Callable[[], Recipe]) -> Callable[[], Recipe]:
+        if name in _RECIPES:
+            raise ValueError(f"name: recipe {name!r} is registered twice")
+        _RECIPES[name] = factory
+        return factory
+
+    return wrap
+
+
+def recipe_names() -> List[str]:
+    """Names of the registered recipes, sorted."""
+    from . import recipes  # noqa: F401  (registers the built-in recipes)
+
+    return sorted(_RECIPES)
+
+
+def get_recipe(name: str, **overrides: Any) -> Recipe:
+    """The recipe registered as ``name``, with fields replaced by ``overrides``.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known ones) or an unknown field.
+    """
+    from dataclasses import fields, replace
+
+    names = recipe_names()
+    if name not in _RECIPES:
+        raise ValueError(f"model: unknown recipe {name!r}; known: {', '.join(names) or 'none'}")
+    recipe = _RECIPES[name]()
+    known = {f.name for f in fields(Recipe)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"overrides: unknown recipe field(s) {bad}; known: {sorted(known)}")
+    return replace(recipe, **overrides) if overrides else recipe
