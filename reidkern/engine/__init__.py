@@ -1,4 +1,11 @@
-"""reidkern.engine: the training loop, checkpoints, schedules and the recipes of each model."""
-from .recipe import Recipe, get_recipe, recipe_names, register_recipe
+"""reidkern.engine: the training loop, checkpoints, schedules and the recipes of each model.
 
-__all__ = ["Recipe", "get_recipe", "recipe_names", "register_recipe"]
+See docs/engine.md for the hook protocol and the Recipe fields.
+"""
+from .extract import Features, extract_features
+from .hooks import EMATeacher, EpochHook, FreezeSchedule
+from .recipe import Recipe, get_recipe, recipe_names, register_recipe
+from .trainer import Trainer, unwrap
+
+__all__ = ["Recipe", "get_recipe", "recipe_names", "register_recipe", "Trainer", "unwrap",
+           "extract_features", "Features", "FreezeSchedule", "EMATeacher", "EpochHook"]

@@ -53,8 +53,29 @@ class Recipe:
         epochs, scheduler (``"step"`` | ``"cosine"``), milestones (epochs), gamma, warmup_epochs,
             warmup_factor: the learning-rate schedule, built from torch.optim.lr_scheduler.
         metric: distance used at test time (``"cosine"`` or ``"euclidean"``).
-        hooks: extra engine hooks (layer freezing, EMA teacher, per-epoch pseudo-labels).
+        hooks: extra engine hooks (layer freezing, EMA teacher, per-epoch pseudo-labels); a
+            list of objects, or a callable ``hooks(model) -> list`` when a hook needs the model.
+            The hook protocol is in :mod:`reidkern.engine.hooks` and docs/engine.md.
         model_kwargs: extra keywords for ``build_model``.
+
+    Engine fields (all optional; see docs/engine.md):
+        train_sampler: ``train_sampler(records, batch_size, num_instances, seed) -> sampler``
+            of indices into ``records``; None = the P×K ``RandomIdentitySampler`` (its distributed
+            form under torchrun). Visible–infrared recipes pass ``VisibleInfraredSampler``.
+        build_dataset: ``build_dataset(records, transform) -> torch Dataset`` yielding batch-dict
+            items; None = ``reidkern.data.ImageDataset`` (text-image recipes add captions here).
+        build_transforms: ``build_transforms(height, width, train) -> callable``; None =
+            ``reidkern.data.build_transforms``.
+        evaluate: ``evaluate(model, recipe, query, gallery, features=...) -> dict`` of metrics
+            (``mAP`` first) for tasks whose protocol is not single-query image ReID; None = the
+            Market protocol on ``extract`` features (cosine/euclidean per ``metric``).
+        clip_grad_norm: max gradient L2 norm (None: no clipping).
+        label_smoothing: ε of label-smoothed cross entropy, for recipes that use it.
+        flip_test: average the features of each image and its mirror at test time.
+        rerank: k-reciprocal re-ranking (k1 20, k2 6, λ 0.3) at test time.
+        val_ids: identities carved from the training split for validation (best checkpoint);
+            0 = no validation (the last checkpoint is kept).
+        seed: base seed of sampling, augmentation and initialisation.
     """
 
     name: str
@@ -80,6 +101,17 @@ class Recipe:
     metric: str = "cosine"
     hooks: List[Any] = field(default_factory=list)
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # Engine fields (additive; defaults keep the image-ReID path).
+    train_sampler: Optional[Callable[..., Any]] = None
+    build_dataset: Optional[Callable[..., Any]] = None
+    build_transforms: Optional[Callable[..., Any]] = None
+    evaluate: Optional[Callable[..., Dict[str, float]]] = None
+    clip_grad_norm: Optional[float] = None
+    label_smoothing: float = 0.1
+    flip_test: bool = True
+    rerank: bool = False
+    val_ids: int = 8
+    seed: int = 0
 
 
 _RECIPES: Dict[str, Callable[[], Recipe]] = {}
