@@ -103,12 +103,13 @@ def test_market1501_reader(tmp_path):
     _touch(root / "bounding_box_test", ["-1_c1s1_000401_03.jpg", "0000_c1s1_000151_01.jpg", "0001_c6s1_009601_00.jpg"])
     (root / "bounding_box_test" / "Thumbs.db").write_text("x")
     ds = Market1501(str(tmp_path))  # finds the nested folder
-    assert [(os.path.basename(p), pid, cam) for p, pid, cam in ds.train] == [
+    assert [(os.path.basename(r.path), r.pid, r.camid) for r in ds.train] == [
         ("0002_c1s1_000451_03.jpg", 0, 0), ("0002_c3s1_000551_01.jpg", 0, 2), ("0007_c2s3_070952_01.jpg", 1, 1)
     ]
-    assert [(pid, cam) for _, pid, cam in ds.query] == [(1, 0), (3, 5)]
-    assert [(pid, cam) for _, pid, cam in ds.gallery] == [(0, 0), (1, 5)]  # junk -1 dropped, distractor 0 kept
-    assert ds.num_train_pids == 2 and "train=3" in repr(ds)
+    assert [(r.pid, r.camid) for r in ds.query] == [(1, 0), (3, 5)]
+    assert [(r.pid, r.camid) for r in ds.gallery] == [(0, 0), (1, 5)]  # junk -1 dropped, distractor 0 kept
+    assert ds.num_train_pids == 2 and ds.num_train_cams == 3
+    assert "train" in repr(ds) and "3 images" in repr(ds)
     with pytest.raises(FileNotFoundError, match="bounding_box_train"):
         Market1501(str(tmp_path / "Market-1501-v15.09.15" / "query"))
 
@@ -119,7 +120,7 @@ def test_read_real_folder():
         pytest.skip("reid-mini data absent")
     items = read_image_folder(os.path.join(d, "market-samples"))
     assert len(items) == 7
-    assert [(pid, cam) for _, pid, cam in items[:2]] == [(1, 0), (1, 5)]
+    assert [(r.pid, r.camid) for r in items[:2]] == [(1, 0), (1, 5)]
     x = preprocess(items[0][0])
     assert x.shape == (3, 256, 128)
 

@@ -1,6 +1,24 @@
-"""reidkern.data: ReID image preprocessing (PIL + torch) and dataset folder readers."""
-from .market1501 import Market1501, MarketName, parse_market_name, read_image_folder
-from .paths import reid_mini_dir
+"""reidkern.data: dataset readers, the image dataset, identity samplers, transforms and splits."""
+from .augment import build_transforms
+from .datasets import (
+    ConReID,
+    DukeMTMCreID,
+    ImageFolderDataset,
+    Market1501,
+    MarketName,
+    ReIDDataset,
+    build_dataset,
+    dataset_names,
+    parse_market_name,
+    parse_pid_cam,
+    read_image_folder,
+    register_dataset,
+)
+from .image_dataset import ImageDataset, read_image
+from .paths import reid_mini_dir, shared_data_dir
+from .records import INFRARED, VISIBLE, Record
+from .samplers import DistributedRandomIdentitySampler, RandomIdentitySampler, VisibleInfraredSampler
+from .split import carve_validation
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -15,19 +33,13 @@ from .transforms import (
 )
 
 __all__ = [
-    "Market1501",
-    "MarketName",
-    "parse_market_name",
-    "read_image_folder",
-    "reid_mini_dir",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "RandomHorizontalFlip",
-    "hflip",
-    "load_image",
-    "normalize",
-    "preprocess",
-    "preprocess_batch",
-    "resize",
-    "to_tensor",
+    "Record", "VISIBLE", "INFRARED",
+    "ReIDDataset", "ImageFolderDataset", "Market1501", "DukeMTMCreID", "ConReID",
+    "MarketName", "parse_market_name", "parse_pid_cam", "read_image_folder",
+    "build_dataset", "register_dataset", "dataset_names",
+    "ImageDataset", "read_image", "build_transforms",
+    "RandomIdentitySampler", "DistributedRandomIdentitySampler", "VisibleInfraredSampler",
+    "carve_validation", "reid_mini_dir", "shared_data_dir",
+    "IMAGENET_MEAN", "IMAGENET_STD", "RandomHorizontalFlip", "hflip", "load_image", "normalize",
+    "preprocess", "preprocess_batch", "resize", "to_tensor",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-__all__ = ["reid_mini_dir"]
+__all__ = ["reid_mini_dir", "shared_data_dir"]
 
 
 def reid_mini_dir(explicit: Optional[str] = None) -> Optional[str]:
@@ -20,6 +20,21 @@ def reid_mini_dir(explicit: Optional[str] = None) -> Optional[str]:
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for base in (repo, os.getcwd()):
         candidate = os.path.abspath(os.path.join(base, "..", "shared", "data", "reid-mini"))
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def shared_data_dir(name: str) -> Optional[str]:
+    """Locate ``../shared/data/<name>`` (e.g. ``"con-reid"``, ``"mini-market1501"``) beside the
+    source checkout or the current directory; None if absent. ``$REIDKERN_SHARED_DATA`` overrides
+    the ``../shared/data`` folder."""
+    env = os.environ.get("REIDKERN_SHARED_DATA")
+    bases = [env] if env else []
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    bases += [os.path.join(b, "..", "shared", "data") for b in (repo, os.getcwd())]
+    for base in bases:
+        candidate = os.path.abspath(os.path.join(base, name))
         if os.path.isdir(candidate):
             return candidate
     return None
