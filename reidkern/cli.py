@@ -6,6 +6,13 @@
   evaluates them (synthetic features when no data folder is found).
 * ``reidkern bench [--smoke] [--out DIR] [-k EXPR]`` — runs the benchmark suite of a source
   checkout (pytest-benchmark) and prints the ratio table (benchmarks/report.py).
+
+Errors: a command that fails on bad input (missing or unreadable file, malformed arrays, invalid
+argument) prints one line ``reidkern <command>: <what is wrong>`` on stderr and exits with code 2,
+never a traceback (``REIDKERN_DEBUG=1`` re-raises for one). Commands raise :class:`CommandError`
+(or ValueError/TypeError/OSError) and :func:`run_command` turns it into that line, so every command
+registered in :func:`main` gets the same behaviour. Files are written atomically
+(:mod:`reidkern.atomic`): nothing is left behind by a failed command.
 """
 import argparse
 import json
@@ -17,17 +24,73 @@ from pathlib import Path
 
 import numpy as np
 
+from reidkern.atomic import atomic_open
+
+EXIT_USAGE = 2  # bad input or arguments, as argparse uses
+
+
+class CommandError(Exception):
+    """A command failed on its input; the message is printed as ``reidkern <command>: <message>``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``reidkern eval: argument --k1: ...``, exit 2) like the
+    commands' own errors; ``-h`` still prints the full usage."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} -h)\n")
+
+
+def run_command(name, fn, args):
+    """Runs ``fn(args)``; user errors become one stderr line and exit code 2."""
+    try:
+        return fn(args)
+    except (CommandError, ValueError, TypeError, OSError, KeyError) as exc:
+        if os.environ.get("REIDKERN_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in msg:
+            msg = f"{msg}: {exc.filename}"
+        print(f"reidkern {name}: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
 
 def _load_npz(path, arg):
+    """(feats [N, D] float, pids [N] int64, camids [N] int64) from an npz; CommandError naming
+    ``arg`` for anything else (missing/corrupt file, missing keys, wrong shapes or dtypes)."""
+    import zipfile
+
     path = Path(path)
     if not path.exists():
-        raise SystemExit(f"reidkern eval: {arg} file {path} does not exist")
-    with np.load(path) as data:
-        missing = [k for k in ("feats", "pids", "camids") if k not in data.files]
-        if missing:
-            raise SystemExit(f"reidkern eval: {arg} file {path} lacks {missing} "
-                             f"(it has {data.files}; expected feats, pids, camids)")
-        return data["feats"], data["pids"], data["camids"]
+        raise CommandError(f"{arg} file {path} does not exist")
+    if not path.is_file():
+        raise CommandError(f"{arg} {path} is not a file")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise CommandError(f"{arg} file {path} holds one array, not an npz archive "
+                               "(expected keys feats, pids, camids)")
+        with data:
+            missing = [k for k in ("feats", "pids", "camids") if k not in data.files]
+            if missing:
+                raise CommandError(f"{arg} file {path} lacks {missing} "
+                                   f"(it has {data.files}; expected feats, pids, camids)")
+            feats, pids, camids = data["feats"], data["pids"], data["camids"]
+    except CommandError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        detail = " ".join(str(exc).split())
+        raise CommandError(f"{arg} file {path} is not a readable npz archive ({detail})") from None
+    if feats.dtype.kind not in "fiu" or feats.ndim != 2:
+        raise CommandError(f"{arg} feats must be a 2-D numeric array [N, D], got dtype {feats.dtype} "
+                           f"shape {feats.shape}")
+    for key, ids in (("pids", pids), ("camids", camids)):
+        if ids.dtype.kind not in "iu" or ids.shape != (feats.shape[0],):
+            raise CommandError(f"{arg} {key} must be a 1-D integer array of length N = "
+                               f"{feats.shape[0]}, got dtype {ids.dtype} shape {ids.shape}")
+    if feats.dtype.kind != "f":
+        feats = feats.astype(np.float64)
+    return feats, pids.astype(np.int64), camids.astype(np.int64)
 
 
 def cmd_eval(args):
@@ -38,23 +101,26 @@ def cmd_eval(args):
     qf, q_pids, q_camids = _load_npz(args.query, "--query")
     gf, g_pids, g_camids = _load_npz(args.gallery, "--gallery")
     qf, gf = torch.from_numpy(np.ascontiguousarray(qf)), torch.from_numpy(np.ascontiguousarray(gf))
+    if args.max_rank > len(gf) >= 1:  # the default 50 on a small gallery: no warning on the console
+        args.max_rank = len(gf)
     t0 = time.perf_counter()
-    try:
-        if args.rerank:
-            from reidkern.rerank import k_reciprocal
-            distmat = k_reciprocal(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value)
-            result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
-                                   max_rank=args.max_rank, trapezoid=args.trapezoid,
-                                   backend=args.backend)
-        else:
-            result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids,
-                                       metric=args.metric, max_rank=args.max_rank,
-                                       trapezoid=args.trapezoid, backend=args.backend)
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"reidkern eval: {exc}")
+    if args.rerank:
+        from reidkern.rerank import k_reciprocal
+        if args.metric == "cosine":  # re-ranking over the unit-normalised features (fast-reid's way)
+            qf = torch.nn.functional.normalize(qf.double(), dim=1)
+            gf = torch.nn.functional.normalize(gf.double(), dim=1)
+        distmat = k_reciprocal(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value,
+                               backend=args.backend)
+        result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
+                               max_rank=args.max_rank, trapezoid=args.trapezoid,
+                               backend=args.backend)
+    else:
+        result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids,
+                                   metric=args.metric, max_rank=args.max_rank,
+                                   trapezoid=args.trapezoid, backend=args.backend)
     elapsed = time.perf_counter() - t0
     print(f"query {len(qf)} x gallery {len(gf)}, dim {qf.shape[1]}, metric "
-          f"{'k-reciprocal re-ranking' if args.rerank else args.metric}")
+          f"{args.metric}{' + k-reciprocal re-ranking' if args.rerank else ''}")
     for k in (1, 5, 10):
         if k <= len(result.cmc):
             print(f"Rank-{k:<3} {100 * result.rank(k):6.2f}%")
@@ -80,7 +146,7 @@ def _repo_root():
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / "benchmarks" / "report.py").exists():
             return base
-    raise SystemExit("reidkern bench: run it from a reidkern source checkout (benchmarks/ not found)")
+    raise CommandError("run it from a reidkern source checkout (benchmarks/ not found)")
 
 
 def write_env(out_dir, root):
@@ -106,7 +172,7 @@ def write_env(out_dir, root):
         cpu_count=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
         git_revision=rev.stdout.strip() or None, git_dirty=bool(dirty.stdout.strip()),
     )
-    with open(Path(out_dir) / "env.json", "w") as f:
+    with atomic_open(Path(out_dir) / "env.json", "w") as f:
         json.dump(info, f, indent=2)
     return info
 
@@ -121,8 +187,9 @@ def cmd_bench(args):
     if args.smoke:
         env["REIDKERN_BENCH_SMOKE"] = "1"
     json_path = out / "benchmarks.json"
+    json_tmp = out / ".benchmarks.json.tmp"  # moved into place only when the run succeeded
     cmd = [sys.executable, "-m", "pytest", str(root / "benchmarks"), "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
+           f"--benchmark-json={json_tmp}", "--benchmark-columns=median,iqr,rounds",
            f"--benchmark-min-rounds={args.min_rounds}"]
     if args.smoke:
         cmd.append("--benchmark-disable")
@@ -132,7 +199,10 @@ def cmd_bench(args):
     write_env(out, root)
     rc = subprocess.call(cmd, cwd=root, env=env)
     if rc not in (0, 5):
+        json_tmp.unlink(missing_ok=True)
         return rc
+    if json_tmp.exists():
+        os.replace(json_tmp, json_path)
     if args.smoke:
         print("smoke mode: each benchmark ran once, untimed; no table")
         return 0
@@ -152,7 +222,7 @@ def cmd_info(_args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="reidkern", description="reidkern: fast, exact ReID kernels")
+    ap = _Parser(prog="reidkern", description="reidkern: fast, exact ReID kernels")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sub.add_parser("info", help="what was compiled (backends, CUDA archs, torch)").set_defaults(fn=cmd_info)
@@ -182,8 +252,11 @@ def main(argv=None):
     b.add_argument("--min-rounds", type=int, default=3)
     b.set_defaults(fn=cmd_bench)
 
-    args = ap.parse_args(argv)
-    return args.fn(args)
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as exc:  # usage error (one line printed, code 2) or -h (code 0)
+        return exc.code
+    return run_command(args.cmd, args.fn, args)
 
 
 if __name__ == "__main__":

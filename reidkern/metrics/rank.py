@@ -6,7 +6,9 @@ import torch
 
 from reidkern.metrics.distance import check_metric, pairwise_distance
 from reidkern.ops import _validate as V
-from reidkern.ops.evaluate_rank import evaluate_rank_per_query, validate_rank_inputs
+from reidkern.ops._backend import resolve_backend
+from reidkern.ops.evaluate_rank import (NonFiniteDistanceError, evaluate_rank_per_query,
+                                        validate_rank_inputs)
 
 
 @dataclass
@@ -169,6 +171,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
     q_camids = V.check_ids(q_camids, num_q, "q_camids", "num_query", dev)
     g_camids = V.check_ids(g_camids, num_g, "g_camids", "num_gallery", dev)
     max_rank = _check_max_rank(max_rank, num_g)
+    backend = resolve_backend("evaluate_rank", dev, backend)  # a bad backend fails here, by name
     rows = tile_rows or _tile_rows(num_g)
     if not isinstance(rows, int) or rows < 1:
         raise ValueError(f"tile_rows must be a positive int, got {tile_rows!r}")
@@ -186,7 +189,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
             outs.append(evaluate_rank_per_query(dist, q_pids[s:e], g_pids, q_camids[s:e],
                                                 g_camids, trapezoid, backend=backend,
                                                 validate=False))
-        except ValueError as exc:  # finite features whose distances overflow (float16 range etc.)
+        except NonFiniteDistanceError as exc:  # finite features whose distances overflow
             raise ValueError("qf/gf distances overflowed to inf: rescale the features or use "
                              "float64") from exc
     first_hit, all_ap, all_inp = (torch.cat([o[k] for o in outs]) for k in range(3))

@@ -20,6 +20,10 @@ if native_available():
                 distmat.new_empty(num_q, dtype=torch.float64))
 
 
+class NonFiniteDistanceError(ValueError):
+    """distmat holds NaN or inf (raised by :func:`evaluate_rank_per_query`)."""
+
+
 def validate_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids):
     """Checks and normalises evaluate_rank's inputs; returns them as tensors on distmat's device."""
     distmat = V.floating(V.as_tensor(distmat, "distmat"), "distmat")
@@ -76,5 +80,5 @@ def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, trapezo
         out = evaluate_rank_reference(distmat, q_pids, g_pids, q_camids, g_camids, trapezoid)
         out = tuple(t.to(distmat.device) for t in out)
     if bool((out[0] == -2).any()):
-        raise ValueError("distmat contains NaN or inf")
+        raise NonFiniteDistanceError("distmat contains NaN or inf")
     return out
