@@ -117,24 +117,30 @@ def real_features():
     folder = os.path.join(DATA, "mot17-crops")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))
     model = osnet_x0_25(ONNX)
+    model64 = osnet_x0_25(ONNX).double()
     sess = ort.InferenceSession(ONNX, providers=["CPUExecutionProvider"])
-    ours, theirs = [], []
+    ours, theirs, exact = [], [], []
     with torch.no_grad():
         for i in range(0, len(paths), 64):
             x = preprocess_batch(paths[i:i + 64])
             ours.append(model(x))
             theirs.append(torch.from_numpy(sess.run(None, {"images": x.numpy()})[0]))
+            exact.append(model64(x.double()))
     demo = osnet_on_crops(DATA, limit=12, model=model)
-    return paths, torch.cat(ours), torch.cat(theirs), demo
+    return paths, torch.cat(ours), torch.cat(theirs), demo, torch.cat(exact)
 
 
 @needs_data
 def test_osnet_equals_onnxruntime_on_real_crops(real_features):
-    paths, ours, theirs, _ = real_features
+    paths, ours, theirs, _, exact = real_features
     assert ours.shape == (len(paths), 512) and len(paths) == 482
-    # float32 rounding: both runtimes are ~1e-4 from a float64 run on features up to ~20,
-    # so "equal to 1e-4" is |ours - ort| <= 1e-4 + 1e-4 * |ort| element-wise
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    # float32 rounding grows with the size of a feature vector's activations (up to ~20 here):
+    # both runtimes stay within 5e-5 of each row's largest value of a float64 run of the same
+    # weights (measured: ours 2.0e-5, onnxruntime 7.8e-6), and so within 1e-4 of each other.
+    scale = exact.abs().amax(dim=1, keepdim=True)
+    assert ((ours.double() - exact).abs() / scale).max() < 5e-5
+    assert ((theirs.double() - exact).abs() / scale).max() < 5e-5
+    assert ((ours.double() - theirs.double()).abs() / scale).max() < 1e-4
     unit = torch.nn.functional.normalize
     torch.testing.assert_close(unit(ours, dim=1), unit(theirs, dim=1), rtol=0, atol=1e-5)
     assert theirs.abs().max() > 1.0  # real, non-trivial features
@@ -144,7 +150,7 @@ def test_osnet_equals_onnxruntime_on_real_crops(real_features):
 def test_demo_features_rank1_map(real_features):
     from reidkern.models.demo import cosine_distmat, query_gallery_split, rank1_map
 
-    paths, ours, _, demo = real_features
+    paths, ours, _, demo, _ = real_features
     assert demo.paths == paths[:12]
     torch.testing.assert_close(demo.features, ours[:12], rtol=1e-5, atol=1e-5)
     pids = torch.tensor([int(os.path.basename(p)[:4]) for p in paths])
