@@ -121,6 +121,25 @@ class FrozenTextEncoder(nn.Module):
             self.encoder.eval()
         self.rnn = BiLSTMAverage(self.encoder.config.hidden_size, hidden_size)
 
+    @classmethod
+    def from_modules(cls, encoder: nn.Module, tokenizer=None, hidden_size: int = 384, max_length: int = 100,
+                     freeze: bool = True) -> "FrozenTextEncoder":
+        """Wrap an already built Hugging Face encoder (e.g. ``BertModel(BertConfig())`` built on the
+        meta device to count parameters without weights) and an optional tokenizer; otherwise as
+        ``__init__``. ``encoder`` needs a ``config.hidden_size``."""
+        if not isinstance(encoder, nn.Module) or not hasattr(getattr(encoder, "config", None), "hidden_size"):
+            raise TypeError("encoder: expected a Hugging Face model (nn.Module with config.hidden_size)")
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f"max_length: expected an int ≥ 2, got {max_length!r}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.tokenizer, self.encoder, self.max_length, self.freeze = tokenizer, encoder, max_length, freeze
+        if freeze:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+        self.rnn = BiLSTMAverage(encoder.config.hidden_size, hidden_size)
+        return self
+
     def train(self, mode: bool = True) -> "FrozenTextEncoder":
         super().train(mode)
         if self.freeze:
