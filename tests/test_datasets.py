@@ -84,3 +84,41 @@ def test_con_reid_real():
     assert sorted({r.pid for r in ds.train}) == list(range(71))
     assert ds.num_train_cams == 6 and {r.camid for r in ds.gallery} <= set(range(6))
     assert not {r.pid for r in ds.query} - {r.pid for r in ds.gallery}
+
+
+def test_msmt17_v1_and_v2_lists(tmp_path):
+    crops = real_crops(4)
+    for version, (tr, te) in {"MSMT17_V1": ("train", "test"), "MSMT17_V2": ("mask_train_v2", "mask_test_v2")}.items():
+        root = tmp_path / version.lower() / "msmt17"
+        main = root / version
+        link_tree(str(main), [f"{tr}/0000/0000_000_01_0303morning_0015_0.jpg",
+                              f"{tr}/0005/0005_003_14_0303noon_0101_1.jpg",
+                              f"{te}/0000/0000_011_15_0303afternoon_0200_0.jpg",
+                              f"{te}/0000/0000_012_02_0303afternoon_0300_1.jpg"], crops)
+        (main / "list_train.txt").write_text("0005/0005_003_14_0303noon_0101_1.jpg 5\n")
+        (main / "list_val.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n")
+        (main / "list_query.txt").write_text("0000/0000_011_15_0303afternoon_0200_0.jpg 0\n")
+        (main / "list_gallery.txt").write_text("0000/0000_012_02_0303afternoon_0300_1.jpg 0\n")
+        ds = build_dataset("msmt17", str(root.parent))
+        assert [(r.pid, r.camid) for r in ds.train] == [(1, 13), (0, 0)]
+        assert [(r.pid, r.camid) for r in ds.query] == [(0, 14)] and os.path.isfile(ds.gallery[0].path)
+        assert len(build_dataset("msmt17", str(main), use_val=False).train) == 1
+    os.remove(main / "list_query.txt")
+    with pytest.raises(FileNotFoundError, match="list_query.txt"):
+        build_dataset("msmt17", str(root))
+    (main / "list_query.txt").write_text("garbage\n")
+    with pytest.raises(ValueError, match="list_query.txt.*line 1"):
+        build_dataset("msmt17", str(root))
+
+
+def test_cuhk03_np_variants(tmp_path):
+    crops = real_crops(3)
+    for variant in ("labeled", "detected"):
+        link_tree(str(tmp_path / "cuhk03-np" / variant), [
+            "bounding_box_train/0001_c1_1.png", "bounding_box_train/0001_c2_6.png",
+            "query/0003_c1_1.png", "bounding_box_test/0003_c2_7.png"], crops)
+    ds = build_dataset("cuhk03_np", str(tmp_path), variant="detected")
+    assert ds.root.endswith(os.path.join("cuhk03-np", "detected"))
+    assert [(r.pid, r.camid) for r in ds.train] == [(0, 0), (0, 1)] and ds.query[0].pid == 3
+    with pytest.raises(ValueError, match="variant"):
+        build_dataset("cuhk03_np", str(tmp_path), variant="both")

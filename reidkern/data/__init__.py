@@ -1,7 +1,15 @@
 """reidkern.data: dataset readers, the image dataset, identity samplers, transforms and splits."""
 from .augment import build_transforms
 from .datasets import (
+    CUHK03NP,
+    CUHKPEDES,
     ConReID,
+    ICFGPEDES,
+    MSMT17,
+    MiniMarketCaptions,
+    RSTPReid,
+    RegDB,
+    SYSUMM01,
     DukeMTMCreID,
     ImageFolderDataset,
     Market1501,
@@ -34,7 +42,8 @@ from .transforms import (
 
 __all__ = [
     "Record", "VISIBLE", "INFRARED",
-    "ReIDDataset", "ImageFolderDataset", "Market1501", "DukeMTMCreID", "ConReID",
+    "ReIDDataset", "ImageFolderDataset", "Market1501", "DukeMTMCreID", "ConReID", "CUHK03NP", "MSMT17",
+    "SYSUMM01", "RegDB", "CUHKPEDES", "ICFGPEDES", "RSTPReid", "MiniMarketCaptions",
     "MarketName", "parse_market_name", "parse_pid_cam", "read_image_folder",
     "build_dataset", "register_dataset", "dataset_names",
     "ImageDataset", "read_image", "build_transforms",

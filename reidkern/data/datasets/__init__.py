@@ -9,6 +9,7 @@ from typing import Callable, Dict, List
 
 from reidkern.data.datasets.base import ReIDDataset, relabel
 from reidkern.data.datasets.market1501 import (
+    CUHK03NP,
     ConReID,
     DukeMTMCreID,
     ImageFolderDataset,
@@ -18,9 +19,15 @@ from reidkern.data.datasets.market1501 import (
     parse_pid_cam,
     read_image_folder,
 )
+from reidkern.data.datasets.msmt17 import MSMT17
+from reidkern.data.datasets.regdb import RegDB
+from reidkern.data.datasets.sysu_mm01 import SYSUMM01
+from reidkern.data.datasets.text_json import CUHKPEDES, ICFGPEDES, MiniMarketCaptions, RSTPReid, TextImageDataset
 
 __all__ = [
-    "ReIDDataset", "relabel", "ImageFolderDataset", "Market1501", "DukeMTMCreID", "ConReID",
+    "ReIDDataset", "relabel", "ImageFolderDataset", "Market1501", "DukeMTMCreID", "ConReID", "CUHK03NP",
+    "MSMT17", "SYSUMM01", "RegDB", "TextImageDataset", "CUHKPEDES", "ICFGPEDES", "RSTPReid",
+    "MiniMarketCaptions",
     "MarketName", "parse_market_name", "parse_pid_cam", "read_image_folder",
     "build_dataset", "register_dataset", "dataset_names",
 ]
@@ -43,7 +50,7 @@ def register_dataset(*names: str):
 
 
 def dataset_names() -> List[str]:
-    """Registered dataset names (canonical spellings, sorted)."""
+    """Registered dataset names and aliases (sorted)."""
     return sorted(_REGISTRY)
 
 
@@ -51,8 +58,11 @@ def build_dataset(name: str, root: str, **kwargs) -> ReIDDataset:
     """Read dataset ``name`` from folder ``root``.
 
     Names: ``market1501``, ``dukemtmcreid`` (``duke``), ``con-reid`` (``conreid``), ``folder``
-    (any Market-layout folder; ``cameras=False`` for camera-free names), and the others listed by
-    :func:`dataset_names`. ``kwargs`` go to the reader.
+    (any Market-layout folder; ``cameras=False`` for camera-free names), ``cuhk03_np``
+    (``variant="labeled"|"detected"``), ``msmt17`` (v1/v2), ``sysu_mm01`` (``mode``, ``shots``,
+    ``trial``, ``gallery_split``), ``regdb`` (``trial``, ``mode``), ``cuhk_pedes``, ``icfg_pedes``,
+    ``rstpreid``, ``mini_market1501`` (``split``); :func:`dataset_names` lists them all.
+    ``kwargs`` go to the reader.
 
     Raises:
         ValueError: an unknown name (listing the known ones); the reader's own errors
@@ -70,3 +80,11 @@ register_dataset("market1501", "market")(Market1501)
 register_dataset("dukemtmcreid", "duke", "dukemtmc")(DukeMTMCreID)
 register_dataset("con-reid", "conreid")(ConReID)
 register_dataset("folder", "image_folder")(ImageFolderDataset)
+register_dataset("cuhk03_np", "cuhk03np")(CUHK03NP)
+register_dataset("msmt17", "msmt")(MSMT17)
+register_dataset("sysu_mm01", "sysu", "sysumm01")(SYSUMM01)
+register_dataset("regdb")(RegDB)
+register_dataset("cuhk_pedes", "cuhkpedes")(CUHKPEDES)
+register_dataset("icfg_pedes", "icfgpedes")(ICFGPEDES)
+register_dataset("rstpreid", "rstp_reid")(RSTPReid)
+register_dataset("mini_market1501", "mini_market")(MiniMarketCaptions)

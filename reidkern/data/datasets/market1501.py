@@ -29,7 +29,7 @@ from reidkern.data.records import Record
 
 __all__ = [
     "MarketName", "parse_market_name", "parse_pid_cam", "read_image_folder",
-    "ImageFolderDataset", "Market1501", "DukeMTMCreID", "ConReID",
+    "ImageFolderDataset", "Market1501", "DukeMTMCreID", "ConReID", "CUHK03NP",
 ]
 
 _STRICT = re.compile(r"^(-?\d+)_c(\d+)s(\d+)_(\d+)_(\d+)")
@@ -192,4 +192,33 @@ class ConReID(ImageFolderDataset):
     MAX_CAM = 6
 
     def __init__(self, root: str):
+        super().__init__(root)
+
+
+class CUHK03NP(ImageFolderDataset):
+    """CUHK03-NP (the new protocol of Zhong et al., CVPR 2017: 767 train / 700 test ids), two
+    cameras, Market layout under ``labeled/`` or ``detected/``; names ``0001_c1_1.png``.
+
+    Args:
+        root: the ``cuhk03-np`` folder (or a folder holding it, or the variant folder itself).
+        variant: "labeled" or "detected".
+    """
+
+    NAME = "cuhk03_np"
+    MAX_CAM = 2
+
+    def __init__(self, root: str, variant: str = "labeled"):
+        if variant not in ("labeled", "detected"):
+            raise ValueError(f"variant: expected 'labeled' or 'detected', got {variant!r}")
+        root = os.fspath(root)
+        for cand in (os.path.join(root, variant), os.path.join(root, "cuhk03-np", variant),
+                     os.path.join(root, "CUHK03-NP", variant)):
+            if os.path.isdir(cand):
+                root = cand
+                break
+        else:
+            if not os.path.isdir(os.path.join(root, "query")):
+                raise FileNotFoundError(f"root: {root!r} holds no {variant!r} folder (CUHK03-NP layout "
+                                        f"cuhk03-np/{variant}/bounding_box_train, query, bounding_box_test)")
+        self.variant = variant
         super().__init__(root)

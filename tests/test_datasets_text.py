@@ -1,0 +1,49 @@
+"""Caption-json readers (CUHK-PEDES, ICFG-PEDES, RSTPReid layouts; the shared mini-Market)."""
+import json
+import os
+
+import pytest
+
+from reidkern.data import build_dataset
+from reidkern.data.paths import shared_data_dir
+
+from _data_trees import link_tree, real_crops, write
+
+
+@pytest.mark.parametrize("name,folder,json_name,key", [
+    ("cuhk_pedes", "CUHK-PEDES", "reid_raw.json", "file_path"),
+    ("icfg_pedes", "ICFG-PEDES", "ICFG-PEDES.json", "file_path"),
+    ("rstpreid", "RSTPReid", "data_captions.json", "img_path"),
+])
+def test_caption_json_layouts(tmp_path, name, folder, json_name, key):
+    root = tmp_path / folder
+    rels = ["CUHK01/0107002.png", "train_query/p8_s16.jpg", "test/p1/a.jpg", "test/p1/b.jpg"]
+    link_tree(str(root / "imgs"), rels, real_crops(4))
+    annos = [{"id": 12, "split": "train", key: rels[0], "captions": ["a man in red", "red shirt"]},
+             {"id": 3, "split": "train", key: rels[1], "captions": ["woman, blue bag"]},
+             {"id": 40, "split": "test", key: rels[2], "captions": ["c1", "c2"]},
+             {"id": 41, "split": "test", key: rels[3], "captions": ["c3"]}]
+    write(str(root), json_name, json.dumps(annos))
+    ds = build_dataset(name, str(tmp_path))
+    assert [(r.pid, r.captions) for r in ds.train] == [(1, ("a man in red", "red shirt")), (0, ("woman, blue bag",))]
+    assert [(r.pid, r.captions) for r in ds.query] == [(40, ("c1",)), (40, ("c2",)), (41, ("c3",))]
+    assert [r.pid for r in ds.gallery] == [40, 41] and all(os.path.isfile(r.path) for r in ds.gallery)
+    assert {r.camid for r in ds.gallery} == {-1}
+    with pytest.raises(ValueError, match="split 'val'"):
+        build_dataset(name, str(root), split="val")
+    write(str(root), json_name, json.dumps([{"id": 1, "split": "train", "captions": ["x"]}]))
+    with pytest.raises(ValueError, match=f"entry 0.*{key}"):
+        build_dataset(name, str(root))
+    os.remove(root / json_name)
+    with pytest.raises(FileNotFoundError, match=json_name):
+        build_dataset(name, str(root))
+
+
+def test_mini_market_captions_real():
+    d = shared_data_dir("mini-market1501")
+    if d is None:
+        pytest.skip("../shared/data/mini-market1501 not found")
+    ds = build_dataset("mini_market1501", d)
+    assert (len(ds.train), len(ds.gallery), len(ds.query)) == (32, 64, 128)
+    assert ds.num_train_pids == 16 and all(len(r.captions) == 2 for r in ds.train)
+    assert {r.pid for r in ds.query} == {r.pid for r in ds.gallery}
