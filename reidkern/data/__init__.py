@@ -27,6 +27,8 @@ from .paths import reid_mini_dir, shared_data_dir
 from .records import INFRARED, VISIBLE, Record
 from .samplers import DistributedRandomIdentitySampler, RandomIdentitySampler, VisibleInfraredSampler
 from .split import carve_validation
+from .text import CaptionDataset, CaptionTokenizer
+from .datasets.text_json import expand_captions
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -48,7 +50,7 @@ __all__ = [
     "build_dataset", "register_dataset", "dataset_names",
     "ImageDataset", "read_image", "build_transforms",
     "RandomIdentitySampler", "DistributedRandomIdentitySampler", "VisibleInfraredSampler",
-    "carve_validation", "reid_mini_dir", "shared_data_dir",
+    "carve_validation", "CaptionTokenizer", "CaptionDataset", "expand_captions", "reid_mini_dir", "shared_data_dir",
     "IMAGENET_MEAN", "IMAGENET_STD", "RandomHorizontalFlip", "hflip", "load_image", "normalize",
     "preprocess", "preprocess_batch", "resize", "to_tensor",
 ]

@@ -23,7 +23,7 @@ from reidkern.data.datasets.base import ReIDDataset, require_dir, require_file
 from reidkern.data.records import Record
 
 __all__ = ["TextImageDataset", "CUHKPEDES", "ICFGPEDES", "RSTPReid", "MiniMarketCaptions",
-           "read_caption_json", "caption_queries"]
+           "read_caption_json", "expand_captions"]
 
 
 def read_caption_json(path: str, image_dir: str, path_key: str) -> List[Tuple[str, Record]]:
@@ -51,8 +51,9 @@ def read_caption_json(path: str, image_dir: str, path_key: str) -> List[Tuple[st
     return out
 
 
-def caption_queries(images: List[Record]) -> List[Record]:
-    """One query record per caption of each image (``captions=(caption,)``)."""
+def expand_captions(images: List[Record]) -> List[Record]:
+    """One record per caption of each image (``captions=(caption,)``): the text queries of the test
+    split, or the (image, caption) training pairs IRRA iterates over."""
     return [r._replace(captions=(c,)) for r in images for c in r.captions]
 
 
@@ -88,7 +89,7 @@ class TextImageDataset(ReIDDataset):
         for name, recs in (("train", train), (split, test)):
             if not recs:
                 raise ValueError(f"file {os.path.join(root, self.JSON)!r}: no entries with split {name!r}")
-        super().__init__(train, caption_queries(test), test, name=self.NAME, root=root)
+        super().__init__(train, expand_captions(test), test, name=self.NAME, root=root)
 
 
 class CUHKPEDES(TextImageDataset):
