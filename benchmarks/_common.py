@@ -11,6 +11,7 @@ import time
 import torch
 
 SMOKE = os.environ.get("REIDKERN_BENCH_SMOKE", "0") == "1"
+SLOW_CALL_S = 10.0  # see record()
 
 
 def _mallopt(param, value):
@@ -97,26 +98,57 @@ def _cpu_peak(fn):
     return out, peak[0] - base
 
 
+def run_device() -> str:
+    """The device this run measures: the GPU when one is present, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reidkern_providers():
+    """The reidkern providers this run is meant to measure on :func:`run_device`.
+
+    CPU: the C++ kernels ("reidkern-cpp"); in smoke mode also Triton in the interpreter (a
+    correctness run, not a speed measure), when triton is installed. GPU: the CUDA kernels and
+    the compiled Triton kernels. A listed provider that cannot run fails the benchmark
+    (:func:`device_and_backend`); it is never skipped.
+    """
+    from reidkern.ops._backend import triton_available
+
+    if run_device() == "cuda":
+        return ["reidkern-cuda", "reidkern-triton"]
+    return ["reidkern-cpp"] + (["reidkern-triton"] if smoke() and triton_available() else [])
+
+
 def device_and_backend(provider):
     """``(device, backend)`` for a provider name: "reidkern-<backend>" runs that backend, anything
-    else (eager, sdpa, compile) runs with backend None. CUDA and Triton providers skip without a
-    GPU, except Triton in smoke mode, which runs in the interpreter on CPU as a correctness run."""
+    else (eager, sdpa, compile) runs with backend None on :func:`run_device`.
+
+    A reidkern provider of this run (:func:`reidkern_providers`) that cannot run -- compiled
+    library missing, built without CUDA kernels, triton not installed -- fails the benchmark with
+    the reason. A provider for another device (the C++ kernels on a GPU run, CUDA/Triton on a CPU
+    run) is skipped: that run measures it.
+    """
     import pytest
 
     import reidkern
+    from reidkern.ops._backend import triton_available
 
-    backend = provider.split("-", 1)[1] if provider.startswith("reidkern") else None
-    if backend in ("cuda", "triton"):
-        if not torch.cuda.is_available():
-            if backend == "triton" and smoke():
-                return "cpu", backend
-            pytest.skip("needs a CUDA GPU")
-        if backend == "cuda" and not reidkern.build_info()["with_cuda"]:
-            pytest.skip("built without CUDA kernels")
-        return "cuda", backend
-    if backend == "cpp" and not reidkern.build_info()["native"]:
-        pytest.skip("compiled library not built")
-    return ("cuda" if torch.cuda.is_available() else "cpu"), backend
+    device = run_device()
+    if not provider.startswith("reidkern"):
+        return device, None
+    backend = provider.split("-", 1)[1]
+    if provider not in reidkern_providers():
+        pytest.skip(f"{provider} is measured on {'CPU' if backend == 'cpp' else 'GPU'} runs, "
+                    f"this run measures {device}")
+    info = reidkern.build_info()
+    if backend in ("cpp", "cuda") and not info["native"]:
+        pytest.fail(f"{provider}: reidkern's compiled library is not loaded ({info['native_error']}); "
+                    "build it (pip install .) -- the benchmark suite measures the compiled kernels")
+    if backend == "cuda" and not info["with_cuda"]:
+        pytest.fail(f"{provider}: reidkern was built without CUDA kernels on a machine with a GPU "
+                    "(rebuild with nvcc on PATH, REIDKERN_WITH_CUDA=1)")
+    if backend == "triton" and not triton_available():
+        pytest.fail(f"{provider}: the triton package is not installed")
+    return device, backend
 
 
 def record(benchmark, op, provider, size, fn, device="cpu", **extra):
@@ -124,12 +156,32 @@ def record(benchmark, op, provider, size, fn, device="cpu", **extra):
 
     Peak memory comes from one separate call (see :func:`peak_memory`), so it is not perturbed by
     the timing loop; torch.compile providers are called once before it, so that compilation is in
-    neither the memory nor the timing. Returns the result of the timed calls.
+    neither the memory nor the timing. A call that took over :data:`SLOW_CALL_S` there is timed
+    over one round without pytest-benchmark's calibration call (which would be one more full call
+    and change nothing: such a call is far above the timer's resolution). Returns the result of
+    the timed calls.
     """
     if "compile" in provider:
         fn()
+    start = time.perf_counter()
     _, peak = peak_memory(fn, device)
+    seconds = time.perf_counter() - start
     benchmark.extra_info.update(op=op, provider=provider, size=size, device=str(device),
                                 peak_bytes=int(peak), smoke=SMOKE, **extra)
     benchmark.group = f"{op} {size}"
+    if seconds > SLOW_CALL_S:
+        return benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
     return benchmark(fn)
+
+
+def reid_features(num_q, num_g, dim, device, seed=0):
+    """Query and gallery features shaped like ReID embeddings: ids with ~12 samples each, noise
+    around each id's centre, L2-normalised. Returns ``(qf [num_q, dim], gf [num_g, dim])``."""
+    g = torch.Generator().manual_seed(seed)
+    n = num_q + num_g
+    num_ids = max(2, n // 12)
+    centers = torch.randn(num_ids, dim, generator=g)
+    ids = torch.randint(0, num_ids, (n,), generator=g)
+    x = torch.nn.functional.normalize(centers[ids] + 0.6 * torch.randn(n, dim, generator=g), dim=1)
+    x = x.to(device)
+    return x[:num_q].contiguous(), x[num_q:].contiguous()

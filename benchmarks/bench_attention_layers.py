@@ -20,7 +20,7 @@ import torch
 from reidkern.nn import DictionaryCrossAttention, PrototypeUnification, TemplateCrossAttention
 from reidkern.nn.attention import reference as attn_ref
 
-from _common import device_and_backend, record, smoke
+from _common import device_and_backend, record, reidkern_providers, smoke
 
 
 def _pgu(dims):
@@ -50,7 +50,8 @@ SIZES = ({"smoke_pgu": (_pgu, (2, 12, 16, 3, 2, 24)), "smoke_dga": (_dga, (2, 12
     "dpti_d256": (_templates, (64, 128, 256, 6, 8, 32)),
     "dpti_d768": (_templates, (64, 192, 768, 8, 8, 96)),
 })
-PROVIDERS = ["eager", "sdpa", "compile", "reidkern-cpp", "reidkern-cuda", "reidkern-triton"]
+PROVIDERS = ["eager", "sdpa", "compile"] + reidkern_providers()
+REPRESENTATIVE = {"dpti_d768"}  # `reidkern bench` without --full
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

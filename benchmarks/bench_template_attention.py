@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from reidkern.ops import template_attention
 from reidkern.ops.reference.template_attention import template_attention_reference
 
-from _common import device_and_backend, record, smoke
+from _common import device_and_backend, record, reidkern_providers, smoke
 
 # name: (B, H, Nq, L, D, q_batch1, shared_kv)
 SIZES = ({"smoke": (2, 2, 6, 24, 16, True, False), "smoke_dga": (2, 2, 8, 20, 16, False, True)} if smoke() else {
@@ -22,7 +22,8 @@ SIZES = ({"smoke": (2, 2, 6, 24, 16, True, False), "smoke_dga": (2, 2, 8, 20, 16
     "lgur_dga": (64, 6, 192, 400, 64, False, True),
     "lgur_pgu": (64, 6, 6, 192, 512, True, False),
 })
-PROVIDERS = ["eager", "sdpa", "compile", "reidkern-cpp", "reidkern-cuda", "reidkern-triton"]
+PROVIDERS = ["eager", "sdpa", "compile"] + reidkern_providers()
+REPRESENTATIVE = {"lgur_dga", "lgur_pgu"}  # `reidkern bench` without --full
 
 
 def make_inputs(B, H, Nq, L, D, q_batch1, shared_kv, device):

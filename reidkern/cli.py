@@ -4,8 +4,10 @@
   npz holds ``feats`` [N, D], ``pids`` [N] and ``camids`` [N].
 * ``reidkern demo [--data DIR]`` — embeds the real crops of reid-mini with the OSNet ReID model and
   evaluates them (synthetic features when no data folder is found).
-* ``reidkern bench [--smoke] [--out DIR] [-k EXPR]`` — runs the benchmark suite of a source
-  checkout (pytest-benchmark) and prints the ratio table (benchmarks/report.py).
+* ``reidkern bench [--full] [--smoke] [--out DIR] [-k EXPR]`` — runs the benchmark suite of a source
+  checkout (pytest-benchmark) on the installed, compiled reidkern and writes the ratio table
+  (benchmarks/report.py): by default a representative set at paper sizes (a few minutes on 2 CPU
+  cores), ``--full`` every benchmark and size. A reidkern provider that cannot run fails the run.
 
 Errors: a command that fails on bad input (missing or unreadable file, malformed arrays, invalid
 argument) prints one line ``reidkern <command>: <what is wrong>`` on stderr and exits with code 2,
@@ -150,7 +152,8 @@ def _repo_root():
 
 
 def write_env(out_dir, root):
-    """env.json beside the results: device, versions, build facts and git revision of the run."""
+    """env.json beside the results: device, versions, build facts, git revision of the run and the
+    folder reidkern was imported from."""
     import platform
 
     import torch
@@ -171,46 +174,61 @@ def write_env(out_dir, root):
         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu}",
         cpu_count=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
         git_revision=rev.stdout.strip() or None, git_dirty=bool(dirty.stdout.strip()),
+        reidkern_path=os.path.dirname(os.path.abspath(reidkern.__file__)),
     )
     with atomic_open(Path(out_dir) / "env.json", "w") as f:
         json.dump(info, f, indent=2)
     return info
 
 
-def cmd_bench(args):
-    import torch
+def bench_command(root, out, full=False, smoke=False, k=None, min_rounds=3):
+    """The pytest command line of `reidkern bench` and the folder it must run in.
 
-    root = _repo_root()
-    out = Path(args.out or root / "benchmarks" / "results" / "local")
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if args.smoke:
-        env["REIDKERN_BENCH_SMOKE"] = "1"
-    json_path = out / "benchmarks.json"
-    json_tmp = out / ".benchmarks.json.tmp"  # moved into place only when the run succeeded
+    It runs in ``benchmarks/``, not the checkout's root: ``python -m pytest`` puts its working
+    folder first on sys.path, and the root's uncompiled ``reidkern/`` sources would shadow the
+    installed, compiled package (benchmarks/conftest.py stops a run that imports no compiled
+    library).
+    """
+    json_tmp = Path(out) / ".benchmarks.json.tmp"  # moved into place only when the run succeeded
     cmd = [sys.executable, "-m", "pytest", str(root / "benchmarks"), "-q", "-p", "no:cacheprovider",
            f"--benchmark-json={json_tmp}", "--benchmark-columns=median,iqr,rounds",
-           f"--benchmark-min-rounds={args.min_rounds}"]
-    if args.smoke:
-        cmd.append("--benchmark-disable")
-    if args.k:
-        cmd += ["-k", args.k]
+           f"--bench-env={out}", f"--bench-set={'full' if full or smoke else 'representative'}"]
+    if smoke:  # tiny sizes, one timed round each: a table whose figures mean nothing
+        cmd += ["--benchmark-min-rounds=1", "--benchmark-max-time=0", "--benchmark-warmup=off"]
+    else:
+        cmd.append(f"--benchmark-min-rounds={min_rounds}")
+    if k:
+        cmd += ["-k", k]
+    return cmd, root / "benchmarks"
+
+
+def cmd_bench(args):
+    root = _repo_root()
+    out = Path(args.out or root / "benchmarks" / "results" / "local").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["REIDKERN_BENCH_SMOKE"] = "1" if args.smoke else "0"
+    cmd, cwd = bench_command(root, out, full=args.full, smoke=args.smoke, k=args.k,
+                             min_rounds=args.min_rounds)
+    print(f"reidkern bench: {'smoke sizes' if args.smoke else 'full suite' if args.full else 'representative set (--full: all sizes)'}"
+          f", results in {out}", flush=True)
     print("running:", " ".join(cmd), flush=True)
-    write_env(out, root)
-    rc = subprocess.call(cmd, cwd=root, env=env)
-    if rc not in (0, 5):
+    rc = subprocess.call(cmd, cwd=cwd, env=env)
+    json_tmp = out / ".benchmarks.json.tmp"
+    if rc != 0:
         json_tmp.unlink(missing_ok=True)
+        print(f"reidkern bench: the benchmark run failed (pytest exit status {rc}); no table written",
+              file=sys.stderr)
         return rc
-    if json_tmp.exists():
-        os.replace(json_tmp, json_path)
-    if args.smoke:
-        print("smoke mode: each benchmark ran once, untimed; no table")
-        return 0
+    json_path = out / "benchmarks.json"
+    os.replace(json_tmp, json_path)
     rc = subprocess.call([sys.executable, str(root / "benchmarks" / "report.py"), str(json_path),
-                          "--out", str(out)], cwd=root)
-    if rc == 0 and not torch.cuda.is_available():  # CPU GEMM bound next to the CPU targets
+                          "--out", str(out)], cwd=cwd)
+    with open(out / "env.json") as f:
+        on_gpu = json.load(f).get("cuda_available")
+    if rc == 0 and not args.smoke and not on_gpu:  # CPU GEMM bound next to the CPU targets
         rc = subprocess.call([sys.executable, str(root / "benchmarks" / "roofline.py"), str(json_path),
-                              "--out", str(out / "roofline.md")], cwd=root)
+                              "--out", str(out / "roofline.md")], cwd=cwd)
     return rc
 
 
@@ -246,7 +264,9 @@ def main(argv=None):
     d.set_defaults(fn=cmd_demo)
 
     b = sub.add_parser("bench", help="run the benchmark suite and print the ratio table")
-    b.add_argument("--smoke", action="store_true", help="tiny sizes, one untimed call each")
+    b.add_argument("--full", action="store_true",
+                   help="every benchmark and size (default: a representative set at paper sizes)")
+    b.add_argument("--smoke", action="store_true", help="tiny sizes, one timed call each (checks the path)")
     b.add_argument("--out", default=None, help="results folder (default benchmarks/results/local)")
     b.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     b.add_argument("--min-rounds", type=int, default=3)

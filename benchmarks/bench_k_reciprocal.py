@@ -15,7 +15,7 @@ stores the largest absolute difference to the eager provider's result when both 
 process (``max_abs_diff_vs_<provider>``).
 
 Run the full sizes one benchmark at a time, e.g.
-  PYTHONPATH=. python -m pytest benchmarks/bench_rerank.py --benchmark-min-rounds=1 \
+  PYTHONPATH=. python -m pytest benchmarks/bench_k_reciprocal.py --benchmark-min-rounds=1 \
       --benchmark-warmup=off --benchmark-max-time=0 --benchmark-json=/tmp/rerank.json
 """
 import os
@@ -23,12 +23,11 @@ import os
 import pytest
 import torch
 
-from _common import record, smoke
+from _common import device_and_backend, record, reid_features as features, reidkern_providers, run_device, smoke
 
 from reidkern.ops.reference.k_reciprocal import (k_reciprocal_published_float16,
                                                   k_reciprocal_reference)
 from reidkern.rerank import k_reciprocal
-from reidkern.testing import backends_for
 
 if smoke():
     SIZES = {"smoke": (23, 97, 16)}
@@ -41,27 +40,12 @@ else:
 _RESULTS = {}
 
 
-def features(num_q, num_g, dim, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = num_q + num_g
-    num_ids = max(2, n // 12)
-    centers = torch.randn(num_ids, dim, generator=g)
-    ids = torch.randint(0, num_ids, (n,), generator=g)
-    x = torch.nn.functional.normalize(centers[ids] + 0.6 * torch.randn(n, dim, generator=g), dim=1)
-    x = x.to(device)
-    return x[:num_q].contiguous(), x[num_q:].contiguous()
+REPRESENTATIVE = {"market-512"}  # `reidkern bench` without --full
 
 
 def _providers():
-    out = [("eager-fp16", "cpu"), ("reference-f64", "cpu")]
-    if "cpp" in backends_for("cpu"):
-        out.append(("reidkern-cpp", "cpu"))
-    if torch.cuda.is_available():
-        for b in backends_for("cuda", supported=("cuda", "triton")):
-            out.append((f"reidkern-{b}", "cuda"))
-    elif smoke() and "triton" in backends_for("cpu"):
-        out.append(("reidkern-triton", "cpu"))
-    return out
+    """The dense baselines run on the CPU (their published form); reidkern on the run's device."""
+    return [("eager-fp16", "cpu"), ("reference-f64", "cpu")] + [(p, run_device()) for p in reidkern_providers()]
 
 
 @pytest.mark.parametrize("size", list(SIZES))
@@ -80,7 +64,7 @@ def test_rerank(benchmark, provider, device, size):
     elif provider == "reference-f64":
         fn = lambda: k_reciprocal_reference(qf, gf, 20, 6, 0.3)  # noqa: E731
     else:
-        backend = provider.split("-", 1)[1]
+        device, backend = device_and_backend(provider)
         fn = lambda: k_reciprocal(qf, gf, 20, 6, 0.3, backend=backend, progress=progress)  # noqa: E731
     extra = {}
     result = record(benchmark, "rerank", provider, size, fn, device, num_query=num_q,

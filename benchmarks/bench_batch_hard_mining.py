@@ -3,23 +3,21 @@ per-anchor loop, torch.compile of the eager one, and reidkern.nn.TripletLoss (fu
 
 Sizes: B in {64, 128, 256, 512} (P x K sampling, K = 4 images per identity), D in {256, 768, 2048};
 smoke mode: one tiny size. Run:
-    PYTHONPATH=. python -m pytest benchmarks/bench_triplet.py --benchmark-json=/tmp/triplet.json
+    PYTHONPATH=. python -m pytest benchmarks/bench_batch_hard_mining.py --benchmark-json=/tmp/triplet.json
 or, interleaving the providers round by round (fairer on a loaded machine), a markdown table:
-    cd benchmarks && PYTHONPATH=.. python bench_triplet.py [256x2048 ...]
+    cd benchmarks && PYTHONPATH=.. python bench_batch_hard_mining.py [256x2048 ...]
 """
 import pytest
 import torch
 
-from _common import record, smoke
+from _common import device_and_backend, record, reidkern_providers, run_device, smoke
 from reidkern.nn import TripletLoss
-from reidkern.ops._backend import triton_available
 from reidkern.ops.reference.batch_hard_mining import triplet_loss_fastreid, triplet_loss_torchreid
-from reidkern.testing import backends_for
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DEVICE = run_device()
 SIZES = [(16, 32)] if smoke() else [(b, d) for b in (64, 128, 256, 512) for d in (256, 768, 2048)]
-PROVIDERS = ["eager", "torchreid", "compile"] + [f"reidkern-{b}" for b in backends_for(DEVICE)
-                                                 if b != "reference"]
+PROVIDERS = ["eager", "torchreid", "compile"] + reidkern_providers()
+REPRESENTATIVE = {(256, 2048)}  # `reidkern bench` without --full
 _compiled = {}
 
 
@@ -39,11 +37,7 @@ def loss_fn(provider):
         if "fn" not in _compiled:
             _compiled["fn"] = torch.compile(triplet_loss_fastreid, dynamic=False)
         return _compiled["fn"]
-    backend = provider.split("-", 1)[1]
-    if backend == "triton" and DEVICE == "cpu" and not smoke():
-        pytest.skip("Triton on CPU runs in the interpreter: not a speed measure")
-    if backend == "triton" and not triton_available():
-        pytest.skip("triton not installed")
+    _, backend = device_and_backend(provider)
     return TripletLoss(0.3, backend=backend)
 
 

@@ -11,11 +11,12 @@ import torch
 from reidkern.ops import topk_token_aggregate
 from reidkern.ops.reference.topk_token_aggregate import topk_token_aggregate_reference
 
-from _common import device_and_backend, record, smoke
+from _common import device_and_backend, record, reidkern_providers, smoke
 
 # name: (B, L, Np, C, k)
 SIZES = {"smoke": (2, 18, 3, 32, 4)} if smoke() else {"cal": (64, 162, 6, 2048, 14)}
-PROVIDERS = ["eager", "compile", "reidkern-cpp", "reidkern-cuda", "reidkern-triton"]
+PROVIDERS = ["eager", "compile"] + reidkern_providers()
+REPRESENTATIVE = {"cal"}  # `reidkern bench` without --full
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -10,10 +10,11 @@ import torch
 from reidkern.metrics import evaluate_features, evaluate_rank, pairwise_distance
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
 
-from _common import device_and_backend, record, smoke
+from _common import device_and_backend, record, reidkern_providers, smoke
 
 SIZES = {"smoke": (64, 500)} if smoke() else {"market1501": (3368, 15913), "msmt17": (11659, 82161)}
-PROVIDERS = ["eager", "reidkern-cpp", "reidkern-cuda", "reidkern-triton"]
+PROVIDERS = ["eager"] + reidkern_providers()
+REPRESENTATIVE = {"market1501"}  # `reidkern bench` without --full
 
 
 def make_features(num_q, num_g, dim=512, seed=0):
