@@ -4,7 +4,7 @@ Submodules are imported on use (``import reidkern.models.backbones``) so that op
 extras (onnx, transformers) are needed only by the parts that use them.
 """
 
-_LAZY = {"LGUR": "lgur", "LGUREager": "lgur_eager"}
+_LAZY = {"LGUR": "lgur", "LGUREager": "lgur_eager", "CAL": "cal"}
 
 
 def __getattr__(name):  # paper models on first use: ``reidkern.models.LGUR`` imports transformers lazily

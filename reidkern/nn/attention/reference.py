@@ -71,3 +71,52 @@ def prototype_unification_reference(module, tokens, key_padding_mask=None, atten
     for layer in module.layers:
         x = template_cross_attention_reference(layer, x, tokens, key_padding_mask, attention)
     return torch.stack([proj(x[:, i]) for i, proj in enumerate(module.projections)], dim=1)
+
+
+def top_k_token_aggregation_reference(module, x):
+    """:class:`reidkern.nn.TopKTokenAggregation` (CAL DRM) from the standard blocks: max-pools,
+    each reduced by its 1x1 conv, concatenated, the score conv, softmax over parts, then
+    ``torch.topk`` per part, ``gather`` of the kept tokens for the weighted mean and ``scatter``
+    of the kept scores into Ŝ. x [B, C, H, W] → ``(parts [B, N_p, C], S [B, HW, N_p],
+    Ŝ [B, HW, N_p])`` in x's dtype. Ties in the scores may pick other tokens than the fused op
+    (which keeps the lowest index); random real inputs have none. Source: CAL's DRM."""
+    from reidkern.ops.topk_token_aggregate import resolve_k
+
+    m = module
+    feats = [conv(x if s == 1 else F.max_pool2d(x, s, stride=1, padding=s // 2))
+             for s, conv in zip(m.pool_sizes, m.reduce)]
+    scores = m.score(torch.cat(feats, dim=1)).flatten(2).transpose(1, 2).softmax(dim=-1)  # [B, L, Np]
+    tokens = x.flatten(2).transpose(1, 2)  # [B, L, C]
+    B, L, Np = scores.shape
+    k = m.top_k if m.top_k is not None else resolve_k(L, Np, alpha=m.alpha)
+    values, index = scores.topk(k, dim=1)  # [B, k, Np]
+    kept = tokens.gather(1, index.transpose(1, 2).reshape(B, Np * k, 1).expand(-1, -1, tokens.shape[2]))
+    kept = kept.view(B, Np, k, -1)  # [B, Np, k, C]
+    vals = values.transpose(1, 2)  # [B, Np, k]
+    z = vals.sum(-1, keepdim=True)
+    parts = (vals.unsqueeze(-1) * kept).sum(2) / torch.where(z != 0, z, torch.ones_like(z))
+    selected = torch.zeros_like(scores).scatter(1, index, values)
+    return parts, scores, selected
+
+
+def target_aware_attention_reference(module, tokens, parts, key_padding_mask=None, return_weights=False):
+    """:class:`reidkern.nn.TargetAwareAttention` (CAL TSAA) written out as the paper's equations:
+    ``T̂ = MLP₁(IN(T))``, ``P̂ = MLP₂(IN(P))``, ``softmax(P̂ T̂ᵀ / √d)`` by matmul + softmax,
+    ``(S T) ⊗ sigmoid(MLP₃(P))``. IN = per token/query mean and (biased) variance over channels,
+    eps 1e-5. tokens [B, L, C], parts [B, Np, C] or [Np, C], key_padding_mask [B, L] bool →
+    [B, Np, C] (and S [B, Np, L] with ``return_weights``), in the inputs' dtype."""
+    def inorm(v):
+        mu = v.mean(-1, keepdim=True)
+        return (v - mu) / torch.sqrt(v.var(-1, unbiased=False, keepdim=True) + 1e-5)
+
+    m = module
+    t_hat = m.mlp_t(inorm(tokens))  # [B, L, d]
+    p_hat = m.mlp_p(inorm(parts))
+    logits = torch.matmul(p_hat, t_hat.transpose(-1, -2)) / (m.attn_dim ** 0.5)  # [B, Np, L]
+    if key_padding_mask is not None:
+        logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
+    weights = torch.softmax(logits, dim=-1)
+    if key_padding_mask is not None:
+        weights = torch.nan_to_num(weights, nan=0.0)  # fully padded rows: zeros, as the fused op
+    out = torch.matmul(weights, tokens) * torch.sigmoid(m.mlp_gate(parts))
+    return (out, weights) if return_weights else out
