@@ -31,25 +31,30 @@ SKIP_CAMERAS = ((2, 1),)
 _ROWS = 1024
 
 
-def _distinct_ranks(distmat, q_pids, g_pids, keep_rows):
-    """0-based rank of the first true match counted in distinct identities (−1: no positive)."""
+def _distinct_ranks(distmat, q_pids, g_pids, q_camids, g_camids, skip_cameras):
+    """0-based rank of the first true match counted in distinct identities (−1: no positive).
+
+    Per query: the first true match is the kept positive of least (distance, gallery index) — the
+    kernels' order; the entries ahead of it are the kept ones of smaller distance, or of equal
+    distance and smaller index; their distinct identities are counted with one matmul against the
+    gallery's one-hot identity matrix. No sort."""
     num_q, num_g = distmat.shape
     codes = torch.unique(g_pids, return_inverse=True)[1]
-    num_u = int(codes.max()) + 1
+    onehot = torch.nn.functional.one_hot(codes).to(torch.float32)  # [G, U]
     col = torch.arange(num_g, device=distmat.device)
     out = torch.empty(num_q, dtype=torch.int64, device=distmat.device)
     for s in range(0, num_q, _ROWS):
         e = min(num_q, s + _ROWS)
         d = distmat[s:e]
-        keep = keep_rows[s:e]
+        keep = torch.ones_like(d, dtype=torch.bool)
+        for qc, gc in skip_cameras:
+            keep &= ~((q_camids[s:e, None] == qc) & (g_camids[None] == gc))
         pos = (g_pids[None] == q_pids[s:e, None]) & keep
-        valid = pos.any(1)
-        d_hit = torch.where(pos, d, torch.full_like(d, float("inf"))).min(1).values
-        j_hit = (pos & (d == d_hit[:, None])).to(torch.uint8).argmax(1)
-        ahead = keep & ((d < d_hit[:, None]) | ((d == d_hit[:, None]) & (col[None] < j_hit[:, None])))
-        seen = torch.zeros(e - s, num_u, dtype=torch.int32, device=d.device)
-        seen.scatter_add_(1, codes.expand(e - s, num_g), ahead.to(torch.int32))
-        out[s:e] = torch.where(valid, (seen > 0).sum(1), torch.full_like(out[s:e], -1))
+        d_hit = torch.where(pos, d, float("inf")).amin(1, keepdim=True)
+        j_hit = (pos & (d == d_hit)).to(torch.uint8).argmax(1, keepdim=True)
+        ahead = keep & ((d < d_hit) | ((d == d_hit) & (col[None] < j_hit)))
+        distinct = ((ahead.to(torch.float32) @ onehot) > 0).sum(1)
+        out[s:e] = torch.where(pos.any(1), distinct, torch.full_like(distinct, -1))
     return out
 
 
@@ -85,7 +90,6 @@ def evaluate_sysu_mm01_distmat(distmat, q_pids, g_pids, q_camids, g_camids, max_
     V.check_finite(distmat, "distmat")
     check_query_ids(q_pids, g_pids, missing)
     max_rank = _check_max_rank(max_rank, num_g)
-    keep_rows = torch.ones(num_q, num_g, dtype=torch.bool, device=dev)
     first_hit = torch.full((num_q,), -1, dtype=torch.int64, device=dev)
     all_ap = torch.zeros(num_q, dtype=torch.float64, device=dev)
     all_inp = torch.zeros(num_q, dtype=torch.float64, device=dev)
@@ -100,14 +104,14 @@ def evaluate_sysu_mm01_distmat(distmat, q_pids, g_pids, q_camids, g_camids, max_
         if not bool(qm.any()) or not bool(gm.any()):
             continue
         rows, cols = qm.nonzero().squeeze(1), gm.nonzero().squeeze(1)
-        keep_rows[rows[:, None], (~gm).nonzero().squeeze(1)[None]] = False
-        sub = distmat[rows][:, cols]
+        sub = distmat if len(rows) == num_q else distmat[rows]
+        sub = sub if len(cols) == num_g else sub[:, cols]
         # the only removal is the camera rule above: camids that never collide keep the rest
         fh, ap, inp = evaluate_rank_per_query(
             sub, q_pids[rows], g_pids[cols], torch.full_like(rows, -1), torch.full_like(cols, -2),
             backend=backend, validate=False)
         first_hit[rows], all_ap[rows], all_inp[rows] = fh, ap, inp
-    distinct = _distinct_ranks(distmat, q_pids, g_pids, keep_rows)
+    distinct = _distinct_ranks(distmat, q_pids, g_pids, q_camids, g_camids, skip_cameras)
     result = _summarise(distinct, all_ap, all_inp, max_rank)
     result.first_hit = first_hit.cpu()
     return result
