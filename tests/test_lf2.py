@@ -202,8 +202,10 @@ def test_loss_needs_classifier():
 
 def test_set_classifier_normalises_centroids_and_loads_other_sizes():
     model = tiny_lf2(num_classes=3)
+    param = model.student.classifier.weight
     centers = torch.randn(7, 16)
     model.set_classifier(centers)
+    assert model.student.classifier.weight is param  # optimizers built over the model still see it
     for net in (model.student, model.teacher):
         assert net.num_classes == 7
         torch.testing.assert_close(net.classifier.weight, F.normalize(centers, dim=1))

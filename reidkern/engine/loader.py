@@ -125,6 +125,12 @@ class TrainLoader:
             self._cache = (epoch, out)
         return self._cache[1]
 
+    def refresh(self) -> None:
+        """Forget the cached batch list, so that the next ``epoch``/``steps_in`` call asks
+        ``epoch_indices`` again (for index orders that a hook changes, e.g. pseudo-labels made at
+        the start of an epoch)."""
+        self._cache = (-1, [])
+
     def steps_in(self, epoch: int) -> int:
         """Number of batches (optimiser steps) in ``epoch``."""
         return len(self._batches(epoch))

@@ -141,9 +141,15 @@ class LF2Net(nn.Module):
         return 0 if self.classifier is None else self.classifier.out_features
 
     def reset_classifier(self, num_classes: int, weight: Optional[torch.Tensor] = None) -> None:
-        """Replace the classifier by Linear(C → num_classes, bias=False): weight ``weight``
+        """Make the classifier Linear(C → num_classes, bias=False) with weight ``weight``
         [num_classes, C] when given (LF2: the L2-normalised cluster centroids), else N(0, 0.001²)
-        (official init). ``num_classes=0`` removes it."""
+        (official init). ``num_classes=0`` removes it.
+
+        An existing classifier keeps its ``weight`` Parameter object (only its data is replaced,
+        whatever the new size), so an optimizer built over the model keeps training it.
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes: expected an int >= 0, got {num_classes!r}")
         if weight is not None:
             if weight.dim() != 2 or weight.shape != (num_classes, self.channels):
                 raise ValueError(f"weight: expected shape [{num_classes}, {self.channels}], got "
@@ -152,13 +158,16 @@ class LF2Net(nn.Module):
             self.classifier = None
             return
         ref = self.bn_global.weight
-        fc = nn.Linear(self.channels, num_classes, bias=False, device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
+            data = torch.empty(num_classes, self.channels, device=ref.device, dtype=ref.dtype)
             if weight is None:
-                nn.init.normal_(fc.weight, std=0.001)
+                nn.init.normal_(data, std=0.001)
             else:
-                fc.weight.copy_(weight)
-        self.classifier = fc
+                data.copy_(weight)
+        if self.classifier is None:
+            self.classifier = nn.Linear(self.channels, num_classes, bias=False, device=ref.device, dtype=ref.dtype)
+        self.classifier.weight.data = data
+        self.classifier.out_features = num_classes
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -312,7 +321,7 @@ class LF2(nn.Module):
                                         device=self.student.bn_global.weight.device), dim=1)
         self.student.reset_classifier(int(w.shape[0]), w)
         self.teacher.reset_classifier(int(w.shape[0]), w)
-        self.teacher.classifier.weight.requires_grad_(False)
+        self.teacher.classifier.weight.requires_grad_(False)  # when it was created here
 
 
 class LF2Loss(nn.Module):

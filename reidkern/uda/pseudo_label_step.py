@@ -13,6 +13,7 @@ import time
 from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
 from .clustering import PseudoLabels, dbscan_pseudo_labels, kmeans_pseudo_labels
 
@@ -21,6 +22,10 @@ __all__ = ["PseudoLabelStep"]
 log = logging.getLogger(__name__)
 
 _METHODS = ("kmeans", "dbscan")
+
+
+def _numpy(x) -> np.ndarray:
+    return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 class PseudoLabelStep:
@@ -123,7 +128,8 @@ class PseudoLabelStep:
         return out
 
     def state_dict(self) -> dict:
-        """Labels, cluster counts/centres, epoch count and the RNG state (plain Python/numpy)."""
+        """Labels, cluster counts/centres, epoch count and the RNG state, as torch tensors and
+        plain Python values (loadable with ``torch.load(weights_only=True)``)."""
         return {
             "method": self.method,
             "branches": list(self.branches),
@@ -131,8 +137,10 @@ class PseudoLabelStep:
             "fallbacks": self.fallbacks,
             "rng": self.rng.bit_generator.state,
             "results": None if self.results is None else {
-                b: {"labels": r.labels, "centers": r.centers, "num_clusters": r.num_clusters,
-                    "method": r.method, "info": dict(r.info)} for b, r in self.results.items()},
+                b: {"labels": torch.from_numpy(r.labels), "centers": torch.from_numpy(r.centers),
+                    "num_clusters": r.num_clusters, "method": r.method,
+                    "info": {k: (float(v) if isinstance(v, (float, np.floating)) else int(v))
+                             for k, v in r.info.items()}} for b, r in self.results.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -151,7 +159,7 @@ class PseudoLabelStep:
         if res is None:
             self.results = self.labels = None
         else:
-            self.results = {b: PseudoLabels(np.asarray(r["labels"], dtype=np.int64), np.asarray(r["centers"]),
+            self.results = {b: PseudoLabels(_numpy(r["labels"]).astype(np.int64), _numpy(r["centers"]),
                                             int(r["num_clusters"]), r["method"], dict(r["info"]))
                             for b, r in res.items()}
             self.labels = {b: r.labels for b, r in self.results.items()}

@@ -1,1 +1,3 @@
 """Built-in recipes; each module registers its recipe(s) on import."""
+
+from . import lf2  # noqa: F401
