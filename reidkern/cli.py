@@ -1,9 +1,13 @@
 """Command line: ``reidkern info | eval | demo | bench``.
 
 * ``reidkern eval --query q.npz --gallery g.npz`` — rank-1/5/10, mAP, mINP and the time taken; each
-  npz holds ``feats`` [N, D], ``pids`` [N] and ``camids`` [N].
+  npz holds ``feats`` [N, D], ``pids`` [N] and ``camids`` [N]. ``reidkern eval --dataset con-reid
+  --data DIR --weights osnet_x0_25_msmt17.onnx`` embeds a dataset's query and gallery with a backbone
+  first (reidkern.zero_shot). Both score with the single-query image-ReID protocol (camid −1 = no
+  camera; query ids absent from the gallery are an error unless ``--skip-missing``).
 * ``reidkern demo [--data DIR]`` — embeds the real crops of reid-mini with the OSNet ReID model and
-  evaluates them (synthetic features when no data folder is found).
+  evaluates them (synthetic features when no data folder is found); ``--dataset con-reid`` runs the
+  model zero-shot on Con-ReID's test split through its reader and the image-ReID protocol.
 * ``reidkern bench [--full] [--smoke] [--out DIR] [-k EXPR]`` — runs the benchmark suite of a source
   checkout (pytest-benchmark) on the installed, compiled reidkern and writes the ratio table
   (benchmarks/report.py): by default a representative set at paper sizes (a few minutes on 2 CPU
@@ -95,16 +99,56 @@ def _load_npz(path, arg):
     return feats, pids.astype(np.int64), camids.astype(np.int64)
 
 
+def _dataset_features(args):
+    """(qf, q_pids, q_camids, gf, g_pids, g_camids) of a dataset's test split embedded by a
+    backbone from local weights (reidkern.zero_shot); saved as query.npz / gallery.npz in
+    ``--save-features`` so later runs can use --query/--gallery."""
+    import torch
+
+    from reidkern.data import build_dataset
+    from reidkern.zero_shot import extract_split, load_backbone
+
+    if not args.data or not args.weights:
+        raise CommandError("--dataset needs --data DIR (the dataset folder) and --weights FILE "
+                           "(e.g. reid-mini/osnet_x0_25_msmt17.onnx)")
+    ds = build_dataset(args.dataset, args.data)
+    if any(r.modality for r in ds.query + ds.gallery) or any(r.captions for r in ds.query):
+        raise CommandError(f"--dataset {args.dataset}: eval scores single-modality image ReID; "
+                           "visible-infrared and text datasets are evaluated by `reidkern test`")
+    print(repr(ds))
+    model = load_backbone(args.model, args.weights)
+    torch.set_grad_enabled(False)
+    q = extract_split(model, ds.query, args.height, args.width, args.batch_size, args.flip, desc="query")
+    g = extract_split(model, ds.gallery, args.height, args.width, args.batch_size, args.flip, desc="gallery")
+    if args.save_features:
+        out = Path(args.save_features)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, f in (("query", q), ("gallery", g)):
+            with atomic_open(out / f"{name}.npz", "wb") as fh:
+                np.savez(fh, feats=f.feats.numpy(), pids=f.pids.numpy(), camids=f.camids.numpy())
+        print(f"features saved in {out}/query.npz, gallery.npz")
+    return (q.feats.numpy(), q.pids.numpy(), q.camids.numpy(), g.feats.numpy(), g.pids.numpy(),
+            g.camids.numpy())
+
+
 def cmd_eval(args):
     import torch
 
-    from reidkern.metrics import evaluate_features, evaluate_rank
+    from reidkern.metrics.protocols import evaluate_image_reid, evaluate_image_reid_distmat
 
-    qf, q_pids, q_camids = _load_npz(args.query, "--query")
-    gf, g_pids, g_camids = _load_npz(args.gallery, "--gallery")
+    if args.dataset:
+        if args.query or args.gallery:
+            raise CommandError("give either --query/--gallery feature files or --dataset, not both")
+        qf, q_pids, q_camids, gf, g_pids, g_camids = _dataset_features(args)
+    else:
+        if not args.query or not args.gallery:
+            raise CommandError("needs --query and --gallery npz files, or --dataset NAME --data DIR --weights FILE")
+        qf, q_pids, q_camids = _load_npz(args.query, "--query")
+        gf, g_pids, g_camids = _load_npz(args.gallery, "--gallery")
     qf, gf = torch.from_numpy(np.ascontiguousarray(qf)), torch.from_numpy(np.ascontiguousarray(gf))
     if args.max_rank > len(gf) >= 1:  # the default 50 on a small gallery: no warning on the console
         args.max_rank = len(gf)
+    missing = "skip" if args.skip_missing else "raise"
     t0 = time.perf_counter()
     if args.rerank:
         from reidkern.rerank import k_reciprocal
@@ -113,13 +157,13 @@ def cmd_eval(args):
             gf = torch.nn.functional.normalize(gf.double(), dim=1)
         distmat = k_reciprocal(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value,
                                backend=args.backend)
-        result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
-                               max_rank=args.max_rank, trapezoid=args.trapezoid,
-                               backend=args.backend)
+        result = evaluate_image_reid_distmat(distmat, q_pids, g_pids, q_camids, g_camids,
+                                             max_rank=args.max_rank, missing=missing,
+                                             trapezoid=args.trapezoid, backend=args.backend)
     else:
-        result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids,
-                                   metric=args.metric, max_rank=args.max_rank,
-                                   trapezoid=args.trapezoid, backend=args.backend)
+        result = evaluate_image_reid(qf, gf, q_pids, g_pids, q_camids, g_camids,
+                                     metric=args.metric, max_rank=args.max_rank, missing=missing,
+                                     trapezoid=args.trapezoid, backend=args.backend)
     elapsed = time.perf_counter() - t0
     print(f"query {len(qf)} x gallery {len(gf)}, dim {qf.shape[1]}, metric "
           f"{args.metric}{' + k-reciprocal re-ranking' if args.rerank else ''}")
@@ -137,6 +181,9 @@ def cmd_demo(args):
     from reidkern import demo
     from reidkern.testing import reid_mini_dir
 
+    if args.dataset:
+        demo.run_dataset(args.dataset, args.dataset_root, args.data, metric=args.metric, flip=args.flip)
+        return 0
     data = args.data or reid_mini_dir()
     if data is None:
         print("reid-mini data not found (pass --data DIR): using synthetic features")
@@ -245,9 +292,23 @@ def main(argv=None):
 
     sub.add_parser("info", help="what was compiled (backends, CUDA archs, torch)").set_defaults(fn=cmd_info)
 
-    e = sub.add_parser("eval", help="CMC/mAP/mINP of query and gallery features (npz)")
-    e.add_argument("--query", required=True, help="npz with feats [Q,D], pids [Q], camids [Q]")
-    e.add_argument("--gallery", required=True, help="npz with feats [G,D], pids [G], camids [G]")
+    e = sub.add_parser("eval", help="CMC/mAP/mINP of query and gallery features (npz), or of a "
+                                    "backbone on a dataset's test split")
+    e.add_argument("--query", default=None, help="npz with feats [Q,D], pids [Q], camids [Q]")
+    e.add_argument("--gallery", default=None, help="npz with feats [G,D], pids [G], camids [G]")
+    e.add_argument("--dataset", default=None,
+                   help="image-ReID dataset name (market1501, con-reid, folder, ...; reidkern.data.build_dataset) "
+                        "whose query/gallery are embedded by --model with --weights")
+    e.add_argument("--data", default=None, help="the dataset's folder (with --dataset)")
+    e.add_argument("--model", default="osnet_x0_25", choices=("osnet_x0_25",))
+    e.add_argument("--weights", default=None, help="local weights of --model (.onnx export or torchreid .pth)")
+    e.add_argument("--height", type=int, default=256)
+    e.add_argument("--width", type=int, default=128)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--flip", action="store_true", help="flip-averaged features")
+    e.add_argument("--save-features", default=None, help="folder for query.npz / gallery.npz (with --dataset)")
+    e.add_argument("--skip-missing", action="store_true",
+                   help="skip queries whose identity is absent from the gallery instead of failing")
     e.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
     e.add_argument("--max-rank", type=int, default=50)
     e.add_argument("--trapezoid", action="store_true", help="Market-1501 MATLAB (trapezoid) AP")
@@ -261,6 +322,10 @@ def main(argv=None):
     d = sub.add_parser("demo", help="real crops -> OSNet -> evaluation (reid-mini)")
     d.add_argument("--data", default=None, help="reid-mini folder (default: ../shared/data/reid-mini)")
     d.add_argument("--metric", choices=("euclidean", "cosine"), default="cosine")
+    d.add_argument("--dataset", default=None,
+                   help="instead: zero-shot OSNet on this dataset's test split (e.g. con-reid)")
+    d.add_argument("--dataset-root", default=None, help="its folder (default ../shared/data/<dataset>)")
+    d.add_argument("--flip", action="store_true", help="flip-averaged features (with --dataset)")
     d.set_defaults(fn=cmd_demo)
 
     b = sub.add_parser("bench", help="run the benchmark suite and print the ratio table")

@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from reidkern.data.paths import reid_mini_dir
 from reidkern.data.transforms import preprocess_batch
 from reidkern.metrics import evaluate_rank, pairwise_distance
 from reidkern.models.demo import ONNX_NAME, osnet_on_crops, query_gallery_split
@@ -85,3 +86,36 @@ def run(data_dir=None, metric="cosine", log=print):
     log(result.summary())
     log(f"embedding {t_embed:.2f} s, evaluation {1e3 * t_eval:.2f} ms; equal to the float64 reference")
     return result
+
+
+def run_dataset(name="con-reid", root=None, data_dir=None, metric="cosine", flip=False, log=print):
+    """Zero-shot OSNet x0.25 (reid-mini's MSMT17 ONNX model) on a dataset's test split, read with
+    :func:`reidkern.data.build_dataset` and scored with the single-query image-ReID protocol.
+
+    Args:
+        name: dataset name (default Con-ReID). root: its folder (default ``../shared/data/<name>``).
+        data_dir: the reid-mini folder holding the ONNX model (default as :func:`run`).
+
+    Returns:
+        :class:`reidkern.zero_shot.ZeroShotResult`.
+
+    Raises:
+        FileNotFoundError: dataset folder or model not found.
+    """
+    from reidkern.data import build_dataset, shared_data_dir
+    from reidkern.zero_shot import evaluate_model, load_backbone
+
+    root = root or shared_data_dir(name)
+    if root is None:
+        raise FileNotFoundError(f"dataset folder for {name!r} not found (pass its folder; default ../shared/data/{name})")
+    mini = reid_mini_dir(data_dir)
+    if mini is None:
+        raise FileNotFoundError("reid-mini folder with osnet_x0_25_msmt17.onnx not found (pass --data DIR)")
+    ds = build_dataset(name, root)
+    log(repr(ds))
+    model = load_backbone("osnet_x0_25", f"{mini}/{ONNX_NAME}")
+    out = evaluate_model(model, ds, metric=metric, flip=flip)
+    log(f"OSNet x0.25 (MSMT17) zero-shot on {name}: {metric} distance{', flip-averaged' if flip else ''}")
+    log(out.result.summary())
+    log(f"feature extraction {out.extract_s:.1f} s, evaluation {1e3 * out.eval_s:.1f} ms")
+    return out
