@@ -14,10 +14,11 @@ from reidkern.metrics.protocols import (evaluate_image_reid, evaluate_image_reid
                                         evaluate_sysu_mm01_distmat)
 
 from _common import record, smoke
-from bench_evaluate import make_features
+from bench_evaluate_rank import make_features
 
 MARKET = (64, 500) if smoke() else (3368, 15913)
 SYSU = (64, 40) if smoke() else (3803, 301)
+REPRESENTATIVE = {"market1501", "sysu-single-shot"}  # `reidkern bench` without --full
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,9 @@ def market():
     return qf, gf, qp, gp, qc, gc, pairwise_distance(qf, gf)
 
 
+@pytest.mark.parametrize("size", ["market1501"])
 @pytest.mark.parametrize("provider", ["kernel", "protocol"])
-def test_image_reid_distmat(benchmark, provider, market):
+def test_image_reid_distmat(benchmark, provider, size, market):
     qf, gf, qp, gp, qc, gc, distmat = market
     if provider == "kernel":
         fn = lambda: evaluate_rank(distmat, qp, gp, qc, gc)  # noqa: E731
@@ -37,8 +39,9 @@ def test_image_reid_distmat(benchmark, provider, market):
     assert res.num_valid_queries > 0
 
 
+@pytest.mark.parametrize("size", ["market1501-512d"])
 @pytest.mark.parametrize("provider", ["kernel", "protocol"])
-def test_image_reid_features(benchmark, provider, market):
+def test_image_reid_features(benchmark, provider, size, market):
     qf, gf, qp, gp, qc, gc, _ = market
     if provider == "kernel":
         fn = lambda: evaluate_features(qf, gf, qp, gp, qc, gc, progress=False)  # noqa: E731
@@ -48,8 +51,9 @@ def test_image_reid_features(benchmark, provider, market):
     assert res.num_valid_queries > 0
 
 
+@pytest.mark.parametrize("size", ["sysu-single-shot"])
 @pytest.mark.parametrize("provider", ["kernel", "protocol"])
-def test_sysu(benchmark, provider):
+def test_sysu(benchmark, provider, size):
     num_q, num_g = SYSU
     g = torch.Generator().manual_seed(0)
     num_ids = max(2, num_g // 4)
