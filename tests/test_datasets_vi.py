@@ -106,3 +106,20 @@ def test_regdb_trials_and_directions(tmp_path):
         build_dataset("regdb", str(root), trial=3)
     with pytest.raises(ValueError, match="trial"):
         build_dataset("regdb", str(root), trial=11)
+
+
+def test_sysu_reader_feeds_the_protocol(tmp_path):
+    import torch
+
+    from reidkern.metrics.protocols import evaluate_sysu_mm01
+
+    root = tmp_path / "SYSU-MM01"
+    _sysu(root, real_crops(6))
+    ds = build_dataset("sysu_mm01", str(root))
+    g = torch.Generator().manual_seed(0)
+    qf, gf = torch.randn(len(ds.query), 8, generator=g), torch.randn(len(ds.gallery_pool), 8, generator=g)
+    pid = lambda rs: [r.pid for r in rs]  # noqa: E731
+    cam = lambda rs: [r.camid for r in rs]  # noqa: E731
+    out = evaluate_sysu_mm01(qf, gf, pid(ds.query), pid(ds.gallery_pool), cam(ds.query), cam(ds.gallery_pool),
+                             trials=ds.gallery_trials(10), max_rank=2)
+    assert len(out.trials) == 10 and 0 <= out.mean["mAP"] <= 1 and "R1" in out.mean
