@@ -42,6 +42,50 @@ def backends_for(device="cpu", supported=("cpp", "cuda", "triton", "reference"))
     return out
 
 
+# Every (device, backend) an op can run on. The reference is the oracle, never a case; Triton runs
+# compiled on CUDA and in the interpreter (TRITON_INTERPRET=1, tests/conftest.py) on CPU.
+DEVICE_BACKENDS = (("cpu", "cpp"), ("cpu", "triton"), ("cuda", "cuda"), ("cuda", "triton"))
+
+
+def device_backend_cases(supported=("cpp", "cuda", "triton"), devices=("cpu", "cuda")):
+    """pytest parameters ``(device, backend)`` for every device (of ``devices``) x backend (of
+    ``supported``) of an op.
+
+    All are collected on every machine; :func:`unusable_reason` says, at set-up
+    (tests/conftest.py), why one cannot run here (no GPU, library not built, no triton), and the
+    case is skipped with that reason -- or fails, for a compiled backend under
+    ``REIDKERN_REQUIRE_NATIVE=1``.
+    """
+    import pytest
+
+    return [pytest.param(d, b, id=f"{d}-{b}") for d, b in DEVICE_BACKENDS if b in supported and d in devices]
+
+
+def unusable_reason(device, backend):
+    """Why ``backend`` cannot run on ``device`` in this installation, or None when it can."""
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    if backend == "cpp" and not native_available():
+        return "reidkern's compiled library is not built"
+    if backend == "cuda" and not native_with_cuda():
+        return "reidkern was built without CUDA kernels"
+    if backend == "triton" and not triton_available():
+        return "triton is not installed"
+    if backend == "triton" and device == "cpu" and not triton_interpret():
+        return "Triton on CPU tensors needs TRITON_INTERPRET=1 before triton is imported"
+    return None
+
+
+def to_cpu(out):
+    """``out`` (a tensor, or a tuple / NamedTuple of them) with every tensor moved to the CPU."""
+    if isinstance(out, torch.Tensor):
+        return out.cpu()
+    if isinstance(out, tuple):
+        items = [to_cpu(t) for t in out]
+        return type(out)(*items) if hasattr(out, "_fields") else tuple(items)
+    return out
+
+
 def randomize_batchnorm(model, seed=0):
     """Gives every BatchNorm of ``model`` random running statistics and affine parameters (so
     that eval-mode BN is not the identity in tests); returns ``model``."""

@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from reidkern.testing import reid_mini_dir  # noqa: E402
+from reidkern.testing import reid_mini_dir, unusable_reason  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +19,21 @@ def reid_mini():
     if path is None:
         pytest.skip("../shared/data/reid-mini not found (set REIDKERN_DATA)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _device_backend_usable(request):
+    """A (device, backend) case (reidkern.testing.device_backend_cases) that cannot run here is
+    skipped with the reason; a compiled backend on a device that is present fails instead when
+    REIDKERN_REQUIRE_NATIVE=1 (run.sh test, tools/gpu_check.sh): no silent fallback."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if "device" not in params or "backend" not in params:
+        return
+    device, backend = params["device"], params["backend"]
+    reason = unusable_reason(device, backend)
+    if reason is None:
+        return
+    present = device == "cpu" or torch.cuda.is_available()
+    if present and backend in ("cpp", "cuda") and os.environ.get("REIDKERN_REQUIRE_NATIVE") == "1":
+        pytest.fail(f"{device}-{backend}: {reason} (REIDKERN_REQUIRE_NATIVE=1)")
+    pytest.skip(f"{device}-{backend}: {reason}")

@@ -9,9 +9,14 @@ import reidkern
 from reidkern.metrics import evaluate_features, evaluate_rank, pairwise_distance
 from reidkern.ops import evaluate_rank_per_query
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
-from reidkern.testing import assert_close, backends_for, opcheck
+from reidkern.testing import assert_close, device_backend_cases, opcheck
 
-BACKENDS = backends_for("cpu")
+CASES = device_backend_cases()
+
+
+def on(device, tensors):
+    """The tensors of a case, moved to ``device``."""
+    return tuple(t.to(device) for t in tensors)
 
 
 def make_case(num_q, num_g, num_ids, num_cams, ties=True, seed=0, dtype=torch.float32):
@@ -34,40 +39,40 @@ def check_per_query(out, ref):
     assert_close(inp, ref[2], dtype=torch.float64, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("trapezoid", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (13, 37), (29, 300)])
-def test_matches_reference_with_ties(backend, dtype, trapezoid, shape):
+def test_matches_reference_with_ties(device, backend, dtype, trapezoid, shape):
     case = make_case(*shape, num_ids=5, num_cams=3, seed=shape[0] * 1000 + shape[1], dtype=dtype)
-    out = evaluate_rank_per_query(*case, trapezoid=trapezoid, backend=backend)
+    out = evaluate_rank_per_query(*on(device, case), trapezoid=trapezoid, backend=backend)
     check_per_query(out, evaluate_rank_reference(*case, trapezoid=trapezoid))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_continuous_distances_and_many_positives(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_continuous_distances_and_many_positives(device, backend):
     # Few ids: many positives per query (exercises the sorted-positive paths), no ties.
     case = make_case(17, 513, num_ids=3, num_cams=4, ties=False, seed=3)
-    check_per_query(evaluate_rank_per_query(*case, backend=backend), evaluate_rank_reference(*case))
+    check_per_query(evaluate_rank_per_query(*on(device, case), backend=backend), evaluate_rank_reference(*case))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_all_distances_equal(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_all_distances_equal(device, backend):
     distmat, qp, gp, qc, gc = make_case(5, 40, 4, 2, seed=5)
     distmat = torch.zeros_like(distmat)
-    check_per_query(evaluate_rank_per_query(distmat, qp, gp, qc, gc, backend=backend),
+    check_per_query(evaluate_rank_per_query(*on(device, (distmat, qp, gp, qc, gc)), backend=backend),
                     evaluate_rank_reference(distmat, qp, gp, qc, gc))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_distmat(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_non_contiguous_distmat(device, backend):
     distmat, qp, gp, qc, gc = make_case(31, 23, 6, 3, seed=7)
-    transposed = distmat.t().contiguous().t()  # column-major view
+    transposed = distmat.to(device).t().contiguous().t()  # column-major view
     assert not transposed.is_contiguous()
-    strided = torch.zeros(31, 46)[:, ::2]
+    strided = torch.zeros(31, 46, device=device)[:, ::2]
     strided.copy_(distmat)
     for d in (transposed, strided):
-        check_per_query(evaluate_rank_per_query(d, qp, gp, qc, gc, backend=backend),
+        check_per_query(evaluate_rank_per_query(d, *on(device, (qp, gp, qc, gc)), backend=backend),
                         evaluate_rank_reference(distmat, qp, gp, qc, gc))
 
 
@@ -203,9 +208,9 @@ def test_reference_serves_with_one_warning_when_library_missing(monkeypatch):
         evaluate_rank_per_query(*case)  # warned once only
 
 
-@pytest.mark.skipif(not reidkern.build_info()["native"], reason="compiled library not built")
-def test_opcheck():
-    case = make_case(6, 11, 3, 2, seed=9)
+@pytest.mark.parametrize("device,backend", device_backend_cases(("cpp", "cuda")))
+def test_opcheck(device, backend):
+    case = on(device, make_case(6, 11, 3, 2, seed=9))
     opcheck(torch.ops.reidkern.evaluate_rank.default, (*case, False))
     opcheck(torch.ops.reidkern.evaluate_rank.default, (*case, True))
 
@@ -220,18 +225,19 @@ def test_build_info():
         assert info["torch_built"] and "cpp" in info["backends"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("num_ids", [2, 40])  # many positives (binary-search path) and few
-def test_ties_with_many_and_few_positives(backend, num_ids):
+def test_ties_with_many_and_few_positives(device, backend, num_ids):
     case = make_case(9, 257, num_ids=num_ids, num_cams=3, seed=num_ids)
     for trapezoid in (False, True):
-        check_per_query(evaluate_rank_per_query(*case, trapezoid=trapezoid, backend=backend),
+        check_per_query(evaluate_rank_per_query(*on(device, case), trapezoid=trapezoid, backend=backend),
                         evaluate_rank_reference(*case, trapezoid=trapezoid))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_finite_distance_raises_on_every_backend(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_non_finite_distance_raises_on_every_backend(device, backend):
     distmat, qp, gp, qc, gc = make_case(6, 30, 4, 2, seed=8)
+    distmat, qp, gp, qc, gc = on(device, (distmat, qp, gp, qc, gc))
     distmat[4, 17] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         evaluate_rank_per_query(distmat, qp, gp, qc, gc, backend=backend)
@@ -240,14 +246,10 @@ def test_non_finite_distance_raises_on_every_backend(backend):
         evaluate_rank_per_query(distmat, qp, gp, qc, gc, backend=backend)
 
 
-CUDA_BACKENDS = backends_for("cuda") if torch.cuda.is_available() else []
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("device,backend", device_backend_cases(devices=("cuda",)))
 @pytest.mark.parametrize("trapezoid", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1), (13, 37), (29, 300), (64, 5000)])
-def test_cuda_matches_reference(backend, trapezoid, shape):
+def test_cuda_matches_reference(device, backend, trapezoid, shape):
     case = make_case(*shape, num_ids=7, num_cams=3, seed=shape[1])
     out = evaluate_rank_per_query(*(t.cuda() for t in case), trapezoid=trapezoid, backend=backend)
     assert out[0].is_cuda

@@ -12,9 +12,9 @@ from reidkern.ops.reference.k_reciprocal import (jaccard_distance_reference,
                                                   k_reciprocal_from_distances_reference,
                                                   k_reciprocal_reference)
 from reidkern.rerank import jaccard_distance, k_reciprocal, k_reciprocal_from_distances
-from reidkern.testing import assert_close, backends_for, opcheck
+from reidkern.testing import assert_close, device_backend_cases, opcheck
 
-BACKENDS = backends_for("cpu", supported=("cpp", "cuda", "triton", "reference"))
+CASES = device_backend_cases()
 NATIVE = reidkern.build_info()["native"]
 
 
@@ -31,7 +31,7 @@ def split(x, num_q):
     return x[:num_q], x[num_q:]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("case", [
     # (Q, G, D, ids, k1, k2, lambda, dtype)
     (17, 96, 16, 12, 20, 6, 0.3, torch.float32),    # the paper's parameters
@@ -40,28 +40,28 @@ def split(x, num_q):
     (13, 31, 12, 5, 3, 4, 1.0, torch.float64),      # k2 = k1 + 1, lambda = 1
     (3, 11, 4, 3, 1, 2, 0.3, torch.float32),        # k1 = 1
 ])
-def test_matches_reference(backend, case):
+def test_matches_reference(device, backend, case):
     num_q, num_g, dim, ids, k1, k2, lam, dtype = case
-    if backend == "triton" and num_q + num_g > 60:
+    if backend == "triton" and device == "cpu" and num_q + num_g > 60:
         pytest.skip("interpreted Triton: keep N small")
     x, _ = clustered(num_q + num_g, dim, ids, seed=num_q * 100 + num_g, dtype=dtype)
     qf, gf = split(x, num_q)
-    out = k_reciprocal(qf, gf, k1, k2, lam, backend=backend)
+    out = k_reciprocal(qf.to(device), gf.to(device), k1, k2, lam, backend=backend)
     assert out.dtype == torch.float32 and out.shape == (num_q, num_g)
     assert_close(out, k_reciprocal_reference(qf, gf, k1, k2, lam), dtype=torch.float64,
                  rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
-def test_ties_and_duplicates(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_ties_and_duplicates(device, backend):
     # Integer features from a tiny range: exactly equal distances everywhere and duplicate samples
     # (several at distance 0 from each other); ties must be ordered by index as a stable sort does.
     g = torch.Generator().manual_seed(3)
-    n = 48 if backend == "triton" else 90
+    n = 48 if backend == "triton" and device == "cpu" else 90
     x = torch.randint(0, 3, (n, 5), generator=g).float()
     qf, gf = split(x, 11)
     for k1, k2 in ((6, 3), (20, 6)):
-        out = k_reciprocal(qf, gf, k1, k2, 0.3, backend=backend)
+        out = k_reciprocal(qf.to(device), gf.to(device), k1, k2, 0.3, backend=backend)
         assert_close(out, k_reciprocal_reference(qf, gf, k1, k2, 0.3), dtype=torch.float64,
                      rtol=0, atol=1e-5)
 

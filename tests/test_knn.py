@@ -2,12 +2,11 @@
 import pytest
 import torch
 
-import reidkern
 from reidkern.ops import knn
 from reidkern.ops.reference.knn import knn_reference
-from reidkern.testing import assert_close, backends_for, opcheck
+from reidkern.testing import assert_close, device_backend_cases, opcheck, unusable_reason
 
-BACKENDS = backends_for("cpu", supported=("cpp", "cuda", "triton", "reference"))
+CASES = device_backend_cases()
 
 
 def clustered(n, dim, num_ids, seed, dtype=torch.float32, spread=0.3):
@@ -25,22 +24,22 @@ def check(out, ref):
     assert_close(m, rm, dtype=torch.float64, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 3), (7, 5, 3, 4), (23, 41, 9, 17), (40, 33, 33, 8)])
-def test_matches_reference(backend, dtype, shape):
+def test_matches_reference(device, backend, dtype, shape):
     m, n, k, dim = shape
     x = clustered(m, dim, 4, seed=m * 7 + n, dtype=dtype)
     y = clustered(n, dim, 4, seed=n * 3 + k, dtype=dtype)
-    check(knn(x, y, k, backend=backend), knn_reference(x, y, k))
+    check(knn(x.to(device), y.to(device), k, backend=backend), knn_reference(x, y, k))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ties_are_ordered_by_index(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_ties_are_ordered_by_index(device, backend):
     # Integer features from a tiny range: many exactly equal distances and duplicate rows.
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 3, (29, 4), generator=g).float()
-    out = knn(x, x, 12, backend=backend)
+    out = tuple(t.cpu() for t in knn(x.to(device), x.to(device), 12, backend=backend))
     check(out, knn_reference(x, x, 12))
     d, i, _ = out
     assert (d[:, :-1] <= d[:, 1:]).all()
@@ -48,12 +47,12 @@ def test_ties_are_ordered_by_index(backend):
     assert (i[:, :-1][same] < i[:, 1:][same]).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_padding_offset_and_noncontiguous(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_padding_offset_and_noncontiguous(device, backend):
     x = clustered(9, 6, 3, seed=2, dtype=torch.float64)
     y = clustered(4, 12, 3, seed=3, dtype=torch.float64)[:, ::2]  # non-contiguous
     assert not y.is_contiguous()
-    d, i, m = knn(x, y, 6, index_offset=100, backend=backend)
+    d, i, m = (t.cpu() for t in knn(x.to(device), y.to(device), 6, index_offset=100, backend=backend))
     rd, ri, rm = knn_reference(x, y, 6, index_offset=100)
     assert torch.equal(i.cpu(), ri) and (i[:, 4:] == -1).all() and (i[:, :4] >= 100).all()
     assert torch.isinf(d[:, 4:]).all()
@@ -61,7 +60,7 @@ def test_padding_offset_and_noncontiguous(backend):
     assert_close(m, rm, dtype=torch.float64, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif("cpp" not in BACKENDS, reason="compiled library not built")
+@pytest.mark.skipif(unusable_reason("cpu", "cpp") is not None, reason="compiled library not built")
 def test_cpp_tiles_and_large_norms():
     # More rows and columns than one tile (256 x 4096); a large common offset makes the BLAS
     # cancellation error large, so the exact recheck must do the ranking.
@@ -70,10 +69,10 @@ def test_cpp_tiles_and_large_norms():
     check(knn(x, y, 7, backend="cpp"), knn_reference(x, y, 7))
 
 
-@pytest.mark.skipif(not reidkern.build_info()["native"], reason="compiled library not built")
-def test_opcheck():
-    x = clustered(6, 5, 2, seed=6)
-    y = clustered(9, 5, 2, seed=7)
+@pytest.mark.parametrize("device,backend", device_backend_cases(("cpp", "cuda")))
+def test_opcheck(device, backend):
+    x = clustered(6, 5, 2, seed=6).to(device)
+    y = clustered(9, 5, 2, seed=7).to(device)
     opcheck(torch.ops.reidkern.knn.default, (x, y, 4, 0))
     opcheck(torch.ops.reidkern.knn.default, (x.double(), y.double(), 12, 3))
 

@@ -7,9 +7,9 @@ import torch
 import reidkern
 from reidkern.ops import topk_token_aggregate
 from reidkern.ops.reference.topk_token_aggregate import topk_token_aggregate_reference
-from reidkern.testing import assert_close, backends_for, opcheck
+from reidkern.testing import assert_close, device_backend_cases, opcheck
 
-BACKENDS = backends_for("cpu")
+CASES = device_backend_cases()
 NATIVE = reidkern.build_info()["native"]
 
 
@@ -24,18 +24,23 @@ def make(B, L, Np, C, dtype=torch.float32, seed=0, ties=False, softmax=True):
     return scores.to(dtype).requires_grad_(), tokens.to(dtype).requires_grad_()
 
 
-def check(backend, scores, tokens, k):
+def check(device, backend, scores, tokens, k):
+    """Values, indices and gradients of ``backend`` on ``device`` against the float64 reference
+    (``scores`` and ``tokens`` are CPU leaves; the op runs on copies on ``device``)."""
+    if device != "cpu":
+        scores, tokens = (t.detach().to(device).requires_grad_() for t in (scores, tokens))
     parts, idx, sel = topk_token_aggregate(scores, tokens, k=k, backend=backend)
-    s64, t64 = (t.detach().double().requires_grad_() for t in (scores, tokens))
+    s64, t64 = (t.detach().cpu().double().requires_grad_() for t in (scores, tokens))
     rp, ri, rs = topk_token_aggregate_reference(s64, t64, k)
     dt = scores.dtype
     assert parts.dtype == dt and idx.dtype == torch.int64 and idx.shape == ri.shape
-    assert torch.equal(idx, ri)
+    assert torch.equal(idx.cpu(), ri)
     assert_close(parts, rp, dtype=dt)
     assert_close(sel, rs, dtype=dt)
     g = torch.Generator().manual_seed(3)
     gp, gs = torch.randn(rp.shape, generator=g, dtype=torch.float64), torch.randn(rs.shape, generator=g, dtype=torch.float64)
-    grads = torch.autograd.grad((parts * gp.to(dt)).sum() + (sel * gs.to(dt)).sum(), (scores, tokens))
+    grads = torch.autograd.grad((parts * gp.to(dt).to(device)).sum() + (sel * gs.to(dt).to(device)).sum(),
+                                (scores, tokens))
     ref = torch.autograd.grad((rp * gp).sum() + (rs * gs).sum(), (s64, t64))
     rtol = 1e-10 if dt == torch.float64 else 2e-5
     atol = 1e-11 if dt == torch.float64 else 2e-5
@@ -43,35 +48,42 @@ def check(backend, scores, tokens, k):
         assert_close(a, b, rtol=rtol, atol=atol, msg=f"grad {name}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,k", [((2, 37, 5, 23), 7), ((3, 1, 1, 1), 1), ((2, 19, 6, 130), 19),
                                      ((1, 50, 3, 9), 1)])
-def test_matches_reference(backend, dtype, shape, k):
-    check(backend, *make(*shape, dtype=dtype, seed=k), k)
+def test_matches_reference(device, backend, dtype, shape, k):
+    check(device, backend, *make(*shape, dtype=dtype, seed=k), k)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ties_take_the_lowest_index(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_ties_take_the_lowest_index(device, backend):
     scores, tokens = make(2, 41, 4, 11, dtype=torch.float64, ties=True, seed=1)
-    check(backend, scores, tokens, 9)
+    check(device, backend, scores, tokens, 9)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_non_contiguous_inputs_and_zero_scores(backend):
+@pytest.mark.parametrize("device,backend", CASES)
+def test_non_contiguous_inputs_and_zero_scores(device, backend):
     scores, tokens = make(2, 33, 5, 17, dtype=torch.float64, seed=2)
     s_nc = scores.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
     t_nc = torch.randn(2, 17, 33, dtype=torch.float64).transpose(1, 2).requires_grad_()
     assert not s_nc.is_contiguous() and not t_nc.is_contiguous()
-    check(backend, s_nc, t_nc, 6)
-    zero = torch.zeros(1, 8, 2, dtype=torch.float64, requires_grad=True)
-    parts, _, _ = topk_token_aggregate(zero, torch.randn(1, 8, 3, dtype=torch.float64), k=3, backend=backend)
+    check(device, backend, s_nc, t_nc, 6)
+    if device != "cpu":  # the same strides on the device
+        s_nc = scores.detach().to(device).transpose(1, 2).contiguous().transpose(1, 2)
+        t_nc = torch.randn(2, 17, 33, dtype=torch.float64, device=device).transpose(1, 2)
+        assert not s_nc.is_contiguous() and not t_nc.is_contiguous()
+        ref = topk_token_aggregate_reference(s_nc.cpu(), t_nc.cpu(), 6)[0]
+        assert_close(topk_token_aggregate(s_nc, t_nc, k=6, backend=backend)[0], ref)
+    zero = torch.zeros(1, 8, 2, dtype=torch.float64, device=device, requires_grad=True)
+    parts, _, _ = topk_token_aggregate(zero, torch.randn(1, 8, 3, dtype=torch.float64, device=device), k=3,
+                                       backend=backend)
     assert (parts == 0).all()
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
-def test_gradcheck(backend):
-    scores, tokens = make(2, 9, 3, 4, dtype=torch.float64, seed=4)
+@pytest.mark.parametrize("device,backend", device_backend_cases(("cpp", "cuda")))
+def test_gradcheck(device, backend):
+    scores, tokens = (t.detach().to(device).requires_grad_() for t in make(2, 9, 3, 4, dtype=torch.float64, seed=4))
     fn = lambda s, t: tuple(o for o in topk_token_aggregate(s, t, k=4, backend=backend) if o.is_floating_point())
     assert torch.autograd.gradcheck(fn, (scores, tokens))
 
@@ -82,9 +94,9 @@ def test_alpha_gives_cal_k():
     assert idx.shape[-1] == math.ceil(0.5 * 162 / 6) == 14
 
 
-@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
-def test_opcheck():
-    scores, tokens = make(2, 13, 3, 7)
+@pytest.mark.parametrize("device,backend", device_backend_cases(("cpp", "cuda")))
+def test_opcheck(device, backend):
+    scores, tokens = (t.detach().to(device).requires_grad_() for t in make(2, 13, 3, 7))
     opcheck(torch.ops.reidkern.topk_token_aggregate_fwd.default, (scores, tokens, 4))
     parts, idx, sel = torch.ops.reidkern.topk_token_aggregate_fwd(scores, tokens, 4)
     opcheck(torch.ops.reidkern.topk_token_aggregate_bwd.default,
@@ -93,13 +105,12 @@ def test_opcheck():
             (torch.randn_like(parts), None, scores.detach(), tokens.detach(), idx))
 
 
-def test_opcheck_triton():
-    if "triton" not in BACKENDS:
-        pytest.skip("triton not usable here")
+@pytest.mark.parametrize("device,backend", device_backend_cases(("triton",)))
+def test_opcheck_triton(device, backend):
     from reidkern.triton.topk_token_aggregate import topk_token_aggregate_triton_fwd  # noqa: F401
-    scores, tokens = make(2, 9, 3, 5)
+    scores, tokens = (t.detach().to(device).requires_grad_() for t in make(2, 9, 3, 5))
     # Under TRITON_INTERPRET the kernel cannot run on fake tensors: fake checks run on CUDA only.
-    utils = None if torch.cuda.is_available() else ("test_schema", "test_autograd_registration")
+    utils = None if device == "cuda" else ("test_schema", "test_autograd_registration")
     opcheck(torch.ops.reidkern.topk_token_aggregate_triton_fwd.default, (scores, tokens, 3),
             **({} if utils is None else {"test_utils": utils}))
 
