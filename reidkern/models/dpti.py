@@ -1,0 +1,226 @@
+"""DPTI: Dynamic Part Template Initialization for part-aware person ReID (arXiv 2208.11440).
+
+No public code exists: the paper is the specification (../shared/papers/000_*.txt). Every number the
+paper leaves open is a constructor argument; the defaults are reidkern's choices and are marked
+*unverified* in the docstrings and in docs/models/dpti.md.
+
+Pipeline (paper §3): ResNet-50 (last stride 1) → the mid-stage map F_l → 1×1 conv to d → spatial
+self-attention encoder (Eq. 1–4) → A_l; N learnt part queries build per-image templates from A_l
+(Eq. 5–6, :class:`reidkern.nn.PartTemplateInit`); the templates attend over the final-stage map F
+(part attention module, :class:`reidkern.nn.TemplateCrossAttention`) → N part vectors; global vector =
+GAP of A_l; adaptive part weighting N·ρ_i; descriptor = concat → (N+1)·d; cosine distance at test.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reidkern.nn import PartDiversityLoss, PartTemplateInit, TemplateCrossAttention, TripletLoss
+
+from ._common import check_float, check_int, check_num_classes, check_pids, not_this_model
+from .backbones.resnet import STAGE_CHANNELS, STAGES, ResNetTrunk, _check_image
+from .weights import LoadResult, WeightsLike, as_state_dict, load_weights
+
+__all__ = ["DPTI", "SpatialEncoder"]
+
+
+class SpatialEncoder(nn.Module):
+    """DPTI's spatial self-attention encoder layer (Eq. 1–4).
+
+    ``q_i = W_q f_i, K = W_k F, V = W_v F`` (no biases: the paper's W ∈ R^{d×d});
+    ``β_i = softmax(Kᵀ q_i / √d_k)``, ``g_i = V β_i``; ``a_i = FFN(g_i + f_i) + g_i``.
+    With ``num_heads`` > 1 the d channels split into heads of d_k = d / heads (concatenated, no
+    output projection, as the equations have none). FFN = Linear(d, ffn_dim) → ReLU → Dropout →
+    Linear(ffn_dim, d) (the paper says only "a feed-forward network": width and activation are
+    unverified).
+
+    state_dict names: ``qkv`` (Linear(d, 3d, bias=False); rows = [W_q; W_k; W_v], one GEMM for the
+    three projections), ``ffn.0``, ``ffn.3``.
+    Shapes: tokens [B, L, d] → [B, L, d]. Raises ValueError when d is not divisible by num_heads.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, ffn_dim: Optional[int] = None, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"encoder_heads: {num_heads} does not divide dim {dim}")
+        ffn_dim = 2 * dim if ffn_dim is None else ffn_dim
+        self.dim, self.num_heads = dim, num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                 nn.Linear(ffn_dim, dim))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        B, L, d = f.shape
+        H = self.num_heads
+        q, k, v = self.qkv(f).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4).unbind(0)
+        g = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, d)
+        return self.ffn(g + f) + g
+
+
+class DPTI(nn.Module):
+    """DPTI person-ReID model (image ReID, occlusion-robust part features).
+
+    Args:
+        num_classes: training identities (>= 2) for the identity classifier.
+        num_parts: N part templates (>= 1). Default 6 (*unverified*).
+        dim: d, width of the encoder, templates and part vectors. Default 256 (*unverified*).
+        mid_stage: backbone stage whose map initialises the templates ("layer1".."layer4").
+            Default "layer3" (the paper: "the last layer of the penultimate stage").
+        final_stage: the stage attended by the part attention module (default "layer4"; earlier
+            stages only make small test models).
+        encoder_depth, encoder_heads, encoder_ffn_dim: spatial encoder layers (default 1), heads
+            (default 1: Eq. 1–4 are single-head) and FFN width (default 2·d) (*unverified*).
+        part_layers, part_heads, part_ffn_dim: part-attention layers (default 1), heads (default 8),
+            FFN width (default 2·d) (*unverified*). Each layer is a pre-LN cross-attention block with
+            a residual on the templates (:class:`reidkern.nn.TemplateCrossAttention`).
+        template_scale: logit scale of Eq. 5 (default 1.0: γ_i = A_lᵀ q_{t,i} unscaled, as written).
+        part_weighting: scale part i by N·ρ_i (adaptive part weighting; default True).
+        bnneck: classifier on BatchNorm(descriptor) (BNNeck, Luo et al. 2019; bias frozen) — the
+            paper does not say; default True (*unverified*).
+        alpha, beta, gamma: loss weights of CE, triplet and diversity (default 1, 1, 1, *unverified*).
+        margin: triplet margin (default 0.3); label_smoothing: CE label smoothing (default 0).
+        last_stride: stride of layer4 (1, the ReID default: 256×128 → 16×8).
+        dropout: in the encoder and part-attention FFNs (default 0).
+        backend: reidkern kernel backend of the attention layers and the triplet mining (None:
+            the device default; "reference": eager PyTorch).
+
+    Forward ``x`` float [B, 3, H, W] (ImageNet-normalised; any size giving a non-empty map):
+        train mode → dict ``logits`` [B, num_classes], ``features`` [B, (N+1)·d] (descriptor),
+        ``parts`` [B, N, d] (part vectors before weighting), ``rho`` [B, N] (part presence);
+        eval mode → the descriptor [B, (N+1)·d] (compare with cosine distance).
+
+    Raises:
+        ValueError: bad arguments (num_classes < 2, num_parts < 1, unknown or misordered stages,
+            heads not dividing d), a non-[B, 3, H, W] input, pids of the wrong shape.
+        TypeError: a non-tensor or non-floating input.
+    """
+
+    def __init__(self, num_classes: int, num_parts: int = 6, dim: int = 256, mid_stage: str = "layer3",
+                 final_stage: str = "layer4", encoder_depth: int = 1, encoder_heads: int = 1,
+                 encoder_ffn_dim: Optional[int] = None, part_layers: int = 1, part_heads: int = 8,
+                 part_ffn_dim: Optional[int] = None, template_scale: float = 1.0, part_weighting: bool = True,
+                 bnneck: bool = True, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0,
+                 margin: float = 0.3, label_smoothing: float = 0.0, last_stride: int = 1,
+                 dropout: float = 0.0, backend: Optional[str] = None):
+        super().__init__()
+        self.num_classes = check_num_classes(num_classes)
+        self.num_parts = check_int(num_parts, "num_parts", 1, "part templates N")
+        self.dim = check_int(dim, "dim", 1)
+        stages = STAGES[1:]
+        for name, s in (("mid_stage", mid_stage), ("final_stage", final_stage)):
+            if s not in stages:
+                raise ValueError(f"{name}: expected one of {stages}, got {s!r}")
+        if STAGES.index(mid_stage) > STAGES.index(final_stage):
+            raise ValueError(f"mid_stage: {mid_stage!r} comes after final_stage {final_stage!r}")
+        check_int(encoder_depth, "encoder_depth", 0)
+        check_int(part_layers, "part_layers", 1)
+        if dim % part_heads:
+            raise ValueError(f"part_heads: {part_heads} does not divide dim {dim}")
+        self.mid_stage, self.final_stage = mid_stage, final_stage
+        self.part_weighting, self.backend = bool(part_weighting), backend
+        self.alpha, self.beta, self.gamma = (check_float(alpha, "alpha"), check_float(beta, "beta"),
+                                             check_float(gamma, "gamma"))
+        self.label_smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
+        ffn = 2 * dim
+        self.backbone = ResNetTrunk(STAGES[:STAGES.index(final_stage) + 1], last_stride=last_stride)
+        self.reduce = nn.Conv2d(STAGE_CHANNELS[mid_stage], dim, 1)
+        self.encoder = nn.ModuleList(
+            SpatialEncoder(dim, encoder_heads, encoder_ffn_dim or ffn, dropout) for _ in range(encoder_depth))
+        self.templates = PartTemplateInit(dim, num_parts, scale=template_scale, backend=backend)
+        self.part_attention = nn.ModuleList(
+            TemplateCrossAttention(dim, num_heads=part_heads, context_dim=STAGE_CHANNELS[final_stage],
+                                   shared_norm=False, ffn_dim=part_ffn_dim or ffn, dropout=dropout,
+                                   backend=backend)
+            for _ in range(part_layers))
+        out = (num_parts + 1) * dim
+        self.feature_dim = out
+        self.bottleneck = nn.BatchNorm1d(out) if bnneck else nn.Identity()
+        if bnneck:
+            self.bottleneck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(out, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        self.triplet = TripletLoss(margin=margin, backend=backend)
+        self.diversity = PartDiversityLoss("cosine")
+
+    # ---- forward --------------------------------------------------------------------------
+    def forward_backbone(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """ResNet-50 stages → ``(F_l [B, C_mid, h, w], F [B, C_final, h', w'])``."""
+        _check_image(x)
+        feats = self.backbone(x, (self.mid_stage, self.final_stage))
+        return feats[self.mid_stage], feats[self.final_stage]
+
+    def descriptor(self, parts: torch.Tensor, rho: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        """Adaptive part weighting and concatenation: ``[N ρ_1 f_1, …, N ρ_N f_N, f_g]``."""
+        if self.part_weighting:
+            parts = parts * (self.num_parts * rho).unsqueeze(-1)
+        return torch.cat([parts.flatten(1), glob], dim=1)
+
+    def forward_head(self, mid: torch.Tensor, final: torch.Tensor):
+        """Everything after the backbone (see the class docstring for the outputs)."""
+        tokens = self.reduce(mid).flatten(2).transpose(1, 2)  # [B, h·w, d]
+        for layer in self.encoder:
+            tokens = layer(tokens)  # A_l
+        templates, rho = self.templates(tokens)  # Eq. 5–6; ρ = softmax_i(mean_j γ_ij)
+        context = final.flatten(2).transpose(1, 2)  # [B, h'·w', C_final]
+        parts = templates
+        for layer in self.part_attention:
+            parts = layer(parts, context)
+        desc = self.descriptor(parts, rho, tokens.mean(dim=1))
+        if not self.training:
+            return desc
+        return {"logits": self.classifier(self.bottleneck(desc)), "features": desc, "parts": parts, "rho": rho}
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(*self.forward_backbone(x))
+
+    @torch.no_grad()
+    def extract(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """Test descriptor [B, (N+1)·d] in eval mode (the mode is restored); ``flip`` averages it
+        with the descriptor of the mirrored image."""
+        was = self.training
+        self.eval()
+        try:
+            f = self(x)
+            if flip:
+                f = (f + self(x.flip(-1))) / 2
+        finally:
+            self.train(was)
+        return f
+
+    # ---- loss -----------------------------------------------------------------------------
+    def loss(self, outputs: Dict[str, torch.Tensor], pids: torch.Tensor):
+        """``α·CE(logits) + β·triplet(descriptor) + γ·diversity(parts)`` (paper §3.5).
+
+        The triplet loss is batch-hard (Hermans et al. 2017) on the (N+1)·d descriptor; the
+        diversity loss is the paper's modified one, the mean over i ≠ j of cos²(f_p,i, f_p,j).
+        Returns ``(loss, logs)``; logs hold the detached terms. Raises ValueError/TypeError for pids
+        that are not integer labels [B].
+        """
+        logits = outputs["logits"]
+        pids = check_pids(pids, logits.shape[0], logits.device)
+        ce = F.cross_entropy(logits, pids, label_smoothing=self.label_smoothing)
+        tri = self.triplet(outputs["features"], pids)
+        div = self.diversity(outputs["parts"])
+        total = self.alpha * ce + self.beta * tri + self.gamma * div
+        return total, {"loss_ce": ce.detach(), "loss_triplet": tri.detach(), "loss_diversity": div.detach()}
+
+    # ---- weights --------------------------------------------------------------------------
+    def load_weights(self, weights: WeightsLike, strict: bool = True) -> LoadResult:
+        """Load a DPTI checkpoint (this class's state_dict) or a torchvision ResNet-50 file/state_dict
+        into the backbone (``fc.*`` and stages past ``final_stage`` ignored).
+
+        Raises ValueError naming ``weights`` for a checkpoint of another model (e.g. a ViT or
+        LA-Transformer one), and listing missing/unexpected/mismatched keys for a DPTI checkpoint
+        of another configuration (see ``reidkern.models.weights.load_weights``).
+        """
+        sd = as_state_dict(weights)
+        if "templates.part_queries" in sd:
+            return load_weights(self, sd, strict=strict)
+        if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:  # torchvision ResNet-50
+            later = tuple(f"{s}." for s in STAGES[STAGES.index(self.final_stage) + 1:])
+            return load_weights(self.backbone, sd, strict=strict, ignore_prefixes=("fc.",) + later)
+        raise not_this_model("DPTI", sd, "DPTI keys such as 'templates.part_queries', or a torchvision "
+                             "ResNet-50 with 'conv1.weight'")

@@ -1,0 +1,164 @@
+"""DPTI (reidkern.models.DPTI): equal to its eager twin in float64, losses, extract, weights,
+torch.compile, ONNX, bad input. Small configurations (stages layer1 → layer2, 32×16 images)."""
+import pytest
+import torch
+
+import reidkern
+from reidkern.models.backbones.resnet import ResNetTrunk, STAGES
+from reidkern.models.dpti import DPTI
+from reidkern.models.dpti_eager import DPTIEager
+from reidkern.testing import assert_close, randomize_batchnorm
+
+NATIVE = reidkern.build_info()["native"]
+TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+def tiny(**kw):
+    cfg = dict(num_classes=5, num_parts=3, dim=16, mid_stage="layer1", final_stage="layer2", part_heads=2)
+    cfg.update(kw)
+    return DPTI(**cfg)
+
+
+def batch(b=8, h=32, w=16, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, h, w, generator=g, dtype=dtype), torch.arange(b // 2).repeat_interleave(2)
+
+
+CONFIGS = {
+    "default": {},
+    "heads_layers": dict(encoder_heads=2, encoder_depth=2, part_layers=2, template_scale=0.25),
+    "no_weighting_no_bnneck": dict(part_weighting=False, bnneck=False, num_parts=1, gamma=0.5),
+    "mid_equals_final": dict(mid_stage="layer2"),
+}
+
+
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_train_step_matches_eager_twin_float64(cfg):
+    torch.manual_seed(0)
+    model = tiny(**CONFIGS[cfg]).double()
+    twin = DPTIEager(model)
+    x, pids = batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(x)
+    loss, logs = model.loss(out, pids)
+    out_ref = twin(x)
+    loss_ref, logs_ref = twin.loss(out_ref, pids)
+    for k in out_ref:
+        assert_close(out[k], out_ref[k], **TOL)
+    for k in logs_ref:
+        assert_close(logs[k], logs_ref[k], **TOL)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads_ref = torch.autograd.grad(loss_ref, params, allow_unused=True)
+    for p, a, b in zip(params, grads, grads_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close(a, b, rtol=1e-8, atol=1e-10)
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > 0.9 * len(params)
+
+
+def test_eval_descriptor_matches_twin_and_shapes():
+    torch.manual_seed(1)
+    model = randomize_batchnorm(tiny(num_parts=4)).double().eval()
+    x, _ = batch(b=3)
+    desc = model(x)
+    assert desc.shape == (3, (4 + 1) * 16) and model.feature_dim == 80
+    assert_close(desc, DPTIEager(model)(x), **TOL)
+    # adaptive weighting: the part blocks sum to N·Σρ_i·f_i; the global block is the GAP of A_l
+    model.train()
+    out = model(x)
+    assert torch.allclose(out["rho"].sum(1), torch.ones(3, dtype=torch.float64))
+    w = (4 * out["rho"]).unsqueeze(-1)
+    assert_close(out["features"][:, :64], (out["parts"] * w).flatten(1), **TOL)
+
+
+def test_float32_model_matches_float64_twin():
+    torch.manual_seed(2)
+    model = tiny()
+    x, pids = batch(dtype=torch.float32)
+    loss, _ = model.loss(model(x), pids)
+    ref = DPTIEager(tiny().double())
+    ref.model.load_state_dict(model.state_dict())
+    loss_ref, _ = ref.loss(ref(x.double()), pids)
+    assert_close(loss, loss_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_extract_flip_and_mode_restored():
+    model = randomize_batchnorm(tiny()).train()
+    x, _ = batch(b=2, dtype=torch.float32)
+    f = model.extract(x, flip=True)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(-1))) / 2
+    torch.testing.assert_close(f, expected)
+
+
+def test_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="num_parts"):
+        tiny(num_parts=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        tiny(num_classes=1)
+    with pytest.raises(ValueError, match="mid_stage"):
+        tiny(mid_stage="layer3", final_stage="layer2")
+    with pytest.raises(ValueError, match="final_stage"):
+        tiny(final_stage="layer5")
+    with pytest.raises(ValueError, match="part_heads"):
+        tiny(part_heads=3)
+    model = tiny()
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model(torch.randn(2, 1, 32, 16))
+    with pytest.raises(TypeError):
+        model(torch.zeros(2, 3, 32, 16, dtype=torch.int64))
+    out = model(torch.randn(4, 3, 32, 16))
+    with pytest.raises(ValueError, match="pids"):
+        model.loss(out, torch.zeros(3, dtype=torch.int64))
+
+
+def test_load_weights_own_resnet_and_foreign():
+    torch.manual_seed(3)
+    src = tiny()
+    dst = tiny()
+    dst.load_weights(src.state_dict())
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+    # a torchvision ResNet-50 state_dict: backbone only; stages past final_stage and fc ignored
+    full = ResNetTrunk(STAGES).state_dict()
+    full["fc.weight"], full["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    res = dst.load_weights(full)
+    assert res.ok and any(k.startswith("layer3.") for k in res.ignored_keys)
+    assert torch.equal(dst.backbone.conv1.weight, full["conv1.weight"])
+    with pytest.raises(ValueError, match="weights: not a DPTI checkpoint"):
+        dst.load_weights({"backbone.patch_embed.proj.weight": torch.zeros(1), "classifiers.fc1_weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="templates.part_queries"):  # another configuration: shape mismatch
+        dst.load_weights(tiny(num_parts=4).state_dict())
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+def test_torch_compile_forward():
+    torch.manual_seed(4)
+    model = tiny()
+    x, pids = batch(dtype=torch.float32)
+    expected = model(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got = compiled(x)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-5)
+    model.loss(got, pids)[0].backward()
+    assert model.templates.part_queries.grad is not None
+
+
+def test_onnx_export_matches_onnxruntime(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from reidkern.models.export import export_onnx
+
+    torch.manual_seed(5)
+    model = randomize_batchnorm(tiny())
+    path = export_onnx(model, tmp_path / "dpti.onnx", 32, 16)
+    assert model.training and model.templates.backend is None  # restored
+    x, _ = batch(b=3, dtype=torch.float32)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"img": x.numpy()})[0]
+    expected = model.extract(x)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
