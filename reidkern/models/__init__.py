@@ -4,7 +4,9 @@ Submodules are imported on use (``import reidkern.models.backbones``) so that op
 extras (onnx, transformers) are needed only by the parts that use them.
 """
 
-_LAZY = {"LGUR": "lgur", "LGUREager": "lgur_eager", "CAL": "cal"}
+_LAZY = {"LGUR": "lgur", "LGUREager": "lgur_eager", "CAL": "cal",
+         "DPTI": "dpti", "DPTIEager": "dpti_eager",
+         "LATransformer": "la_transformer", "LATransformerEager": "la_transformer_eager"}
 
 
 def __getattr__(name):  # paper models on first use: ``reidkern.models.LGUR`` imports transformers lazily

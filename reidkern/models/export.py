@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Union
 
 import torch
@@ -32,7 +33,9 @@ def export_onnx(model: nn.Module, path: Union[str, "os.PathLike[str]"], height: 
     x = torch.randn(check_int(batch_size, "batch_size", 1), 3, height, width, dtype=param.dtype, device=param.device)
     model.eval()
     try:
-        with backend_override(model, "reference"), torch.no_grad():
+        with backend_override(model, "reference"), torch.no_grad(), warnings.catch_warnings():
+            # shape checks read sizes as Python values: constants in the graph, as intended
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(model, (x,), os.fspath(path), input_names=["img"], output_names=["features"],
                               dynamic_axes={"img": {0: "batch"}, "features": {0: "batch"}},
                               opset_version=opset_version, dynamo=False)

@@ -132,7 +132,7 @@ class LATransformer(nn.Module):
 
     def test_features(self, parts: torch.Tensor) -> torch.Tensor:
         """Each part L2-normalised and scaled by 1/√P, concatenated: [B, P·D] (unit norm overall)."""
-        return (F.normalize(parts, dim=-1) / math.sqrt(parts.shape[1])).flatten(1)
+        return (F.normalize(parts, dim=-1) / math.sqrt(self.num_parts)).flatten(1)
 
     def forward_head(self, tokens: torch.Tensor):
         cls, parts = self.pooled_parts(tokens)
