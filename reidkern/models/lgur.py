@@ -230,6 +230,11 @@ class LGUR(nn.Module):
             text_mask = text_mask[:, :self.max_length]
             text_ids = None if text_ids is None else text_ids[:, :self.max_length]
             encoder_tokens = None if encoder_tokens is None else encoder_tokens[:, :self.max_length]
+        longest = int(lengths.max())
+        if longest < text_mask.shape[1]:  # columns of padding only (fixed-length tokenisation): drop them
+            text_mask = text_mask[:, :longest]
+            text_ids = None if text_ids is None else text_ids[:, :longest]
+            encoder_tokens = None if encoder_tokens is None else encoder_tokens[:, :longest]
         return text_ids, text_mask, encoder_tokens
 
     # ---- encoders --------------------------------------------------------------------------

@@ -1,3 +1,4 @@
 """Built-in recipes; each module registers its recipe(s) on import."""
 
 from . import lf2  # noqa: F401
+from . import lgur  # noqa: F401
