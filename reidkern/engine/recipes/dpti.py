@@ -1,0 +1,51 @@
+"""DPTI's recipe (``reidkern train dpti``): no public code, so the schedule is the field's
+standard ResNet-50 ReID recipe (Luo et al., "Bag of Tricks", 2019), marked *unverified* in
+docs/models/dpti.md: Adam 3.5e-4, weight decay 5e-4, 120 epochs, linear warm-up over 10 epochs from
+×0.01, ×0.1 at epochs 40 and 70; P×K = 16 × 4 at 256×128 with flip, pad-crop and random erasing;
+loss α·CE + β·triplet + γ·diversity (:meth:`reidkern.models.DPTI.loss`); cosine distance on the
+(N+1)·d descriptor at test time, no flip averaging (the paper does not use it).
+"""
+from __future__ import annotations
+
+from reidkern.engine.recipe import Recipe, register_recipe
+
+__all__ = ["build_dpti", "dpti_compute_loss", "dpti_extract", "dpti_recipe"]
+
+
+def build_dpti(num_classes: int, weights=None, **kwargs):
+    """``DPTI(num_classes, **kwargs)``; ``weights``: a torchvision ResNet-50 file/state_dict for
+    the backbone or a DPTI checkpoint (see :meth:`reidkern.models.DPTI.load_weights`)."""
+    from reidkern.models.dpti import DPTI
+
+    model = DPTI(num_classes, **kwargs)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def dpti_compute_loss(model, batch):
+    """One training step's loss: the model's forward (DDP-wrapped or not) and its loss."""
+    from reidkern.engine import unwrap
+
+    out = model(batch["img"])
+    loss, logs = unwrap(model).loss(out, batch["pid"])
+    return loss, {k: float(v) for k, v in logs.items()}
+
+
+def dpti_extract(model, batch):
+    """Test descriptor [B, (N+1)·d] (eval mode): weighted parts and the global vector."""
+    return model(batch["img"])
+
+
+def dpti_recipe(**kw) -> Recipe:
+    r = Recipe(name="dpti", task="image", build_model=build_dpti, compute_loss=dpti_compute_loss,
+               extract=dpti_extract, height=256, width=128, num_instances=4, batch_size=64,
+               optimizer="adam", lr=3.5e-4, weight_decay=5e-4, epochs=120, scheduler="step",
+               milestones=(40, 70), gamma=0.1, warmup_epochs=10, warmup_factor=0.01, metric="cosine",
+               label_smoothing=0.0, flip_test=False)
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return r
+
+
+register_recipe("dpti")(dpti_recipe)

@@ -1,0 +1,77 @@
+"""Recipes of DPTI and LA-Transformer: registration, defaults from the papers/official code, and the
+official blockwise unfreezing as an engine FreezeSchedule (trainable-parameter counts and learning
+rates checked against the figures the official training notebook prints)."""
+import types
+
+import pytest
+import torch
+
+from reidkern.engine import get_recipe, recipe_names
+from reidkern.engine.recipes.la_transformer import ShuffleSampler, blockwise_unfreezing
+from reidkern.engine.schedule import build_optimizer, build_scheduler
+from reidkern.models.la_transformer import LATransformer
+
+HEAD_751 = 768 * 751 + 751  # timm's head: trainable in the official model, never called; reidkern has none
+
+
+def test_recipes_registered_with_paper_defaults():
+    assert {"dpti", "la_transformer", "la_transformer_improved"} <= set(recipe_names())
+    la = get_recipe("la_transformer")
+    assert (la.height, la.width, la.batch_size, la.lr, la.weight_decay, la.epochs, la.optimizer) == \
+        (224, 224, 32, 3e-4, 5e-4, 30, "adam")
+    assert la.train_sampler is ShuffleSampler and not la.flip_test
+    imp = get_recipe("la_transformer_improved")
+    assert imp.flip_test and imp.num_instances == 4 and imp.model_kwargs["y_pooling"]
+    d = get_recipe("dpti", lr=1e-4)
+    assert (d.height, d.width, d.batch_size, d.num_instances, d.lr) == (256, 128, 64, 4, 1e-4)
+    model = d.build_model(5, num_parts=2, dim=8, mid_stage="layer1", final_stage="layer1", part_heads=2)
+    batch = {"img": torch.randn(4, 3, 32, 16), "pid": torch.tensor([0, 0, 1, 1])}
+    loss, logs = d.compute_loss(model.train(), batch)
+    assert loss.dim() == 0 and set(logs) == {"loss_ce", "loss_triplet", "loss_diversity"}
+    assert d.extract(model.eval(), batch).shape == (4, 3 * 8)
+
+
+def test_official_blockwise_unfreezing_counts_and_lr():
+    with torch.device("meta"):
+        model = LATransformer(751)
+    recipe = get_recipe("la_transformer")
+    opt = build_optimizer(recipe, model)
+    sched = build_scheduler(recipe, opt, total_steps=30 * 380)
+    hook = recipe.hooks(model)[0]
+    trainer = types.SimpleNamespace(model=model, optimizer=opt, scheduler=sched)
+    hook.on_train_start(trainer)
+
+    def trainable():
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    seen = {}
+    for epoch in range(30):
+        hook.on_epoch_start(trainer, epoch)
+        seen[epoch] = (trainable(), opt.param_groups[0]["lr"])
+    # the official notebook's printout: "Unfrozen Blocks: k, Current lr: …, Trainable Params: …"
+    official = {0: (20_962_817, 2.4e-4), 2: (28_050_689, 1.92e-4), 12: (63_490_049, 6.291456e-05),
+                20: (91_841_537, 2.5769803776e-05), 28: (91_841_537, 1.0555311626649608e-05)}
+    for epoch, (count, lr) in official.items():
+        assert seen[epoch][0] == count - HEAD_751, epoch
+        assert seen[epoch][1] == pytest.approx(lr, rel=1e-9), epoch
+    assert seen[1] == seen[0]  # nothing between the steps
+    # resume: the released blocks come back from the hook's state
+    state = hook.state_dict()
+    with torch.device("meta"):
+        fresh = LATransformer(751)
+    hook2 = blockwise_unfreezing()
+    hook2.load_state_dict(state)
+    hook2.on_train_start(types.SimpleNamespace(model=fresh))
+    assert sum(p.numel() for p in fresh.parameters() if p.requires_grad) == 91_841_537 - HEAD_751
+
+
+def test_blockwise_unfreezing_arguments_and_shuffle_sampler():
+    with pytest.raises(ValueError, match="every"):
+        blockwise_unfreezing(every=0)
+    s = blockwise_unfreezing(depth=4, epochs=8, every=2, first=1, per_step=2)
+    assert s.unfreeze == {0: ["backbone.blocks.3"], 2: ["backbone.blocks.2", "backbone.blocks.1"],
+                          4: ["backbone.blocks.0"], 6: []}
+    sampler = ShuffleSampler(list(range(10)), seed=3)
+    a = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == a and sorted(a) == list(range(10)) and list(sampler) != a
