@@ -23,12 +23,13 @@ import pytest
 import torch
 
 from _common import record, run_device, smoke
-from model_cases import dpti, la_transformer
+from model_cases import dpti, la_transformer, lgur
 
 # One line per paper model.
 CASES = {case.name: case for case in [
     *dpti.CASES,
     *la_transformer.CASES,
+    *lgur.CASES,
 ]}
 REPRESENTATIVE = set(CASES)  # every case is at its paper's batch and image size
 

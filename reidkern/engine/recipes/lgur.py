@@ -76,10 +76,13 @@ class ShuffledPairs(torch.utils.data.Sampler):
     of each record, ``expand_captions`` order). ``train_sampler(records, batch_size, num_instances, seed)``."""
 
     def __init__(self, records, batch_size: int = 64, num_instances: int = 1, seed: int = 0):
-        self.n, self.seed = sum(max(len(r.captions), 1) for r in records), int(seed)
+        self.n, self.seed, self.epoch = sum(max(len(r.captions), 1) for r in records), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:
@@ -111,7 +114,7 @@ def build_dataset(records, transform):
 @torch.no_grad()
 def evaluate(model, recipe, query, gallery, batch_size: int = 64, device=None, **kwargs) -> Dict[str, float]:
     """Text→image retrieval: ``query`` caption records (one caption each), ``gallery`` image
-    records. Returns {"mAP", "mINP", "R1", "R5", "R10"} in percent."""
+    records. Returns {"R1", "R5", "R10", "mAP", "mINP"} as fractions (the engine's convention)."""
     from reidkern.data import ImageDataset
     from reidkern.data.text import CaptionDataset
     from reidkern.metrics.protocols import evaluate_text_to_image
@@ -132,8 +135,8 @@ def evaluate(model, recipe, query, gallery, batch_size: int = 64, device=None, *
         m.train(was_training)
     res = evaluate_text_to_image(tf, imf, torch.tensor([r.pid for r in query]),
                                  torch.tensor([r.pid for r in gallery]), metric="cosine")
-    return {"mAP": 100 * float(res.mAP), "mINP": 100 * float(res.mINP), "R1": 100 * float(res.rank(1)),
-            "R5": 100 * float(res.rank(5)), "R10": 100 * float(res.rank(10))}
+    return {"R1": float(res.rank(1)), "R5": float(res.rank(5)), "R10": float(res.rank(10)), "mAP": float(res.mAP),
+            "mINP": float(res.mINP)}
 
 
 @register_recipe("lgur")
