@@ -211,3 +211,26 @@ def test_tokenizer_checks(minilm_tokenizer):
         tok = model.tokenize(["a woman in a long white dress with a black handbag and red shoes walking", "a man"])
     assert tok["input_ids"].shape == (2, 12)
     assert tok["attention_mask"][1].sum() < 12
+
+
+def test_image_tokens_options_and_distilled_checkpoint():
+    from reidkern.models.lgur import LGURImageTokens
+
+    torch.manual_seed(0)
+    plain = LGURImageTokens("deit_small", img_size=(64, 32), drop_path_rate=0.0)
+    distilled = LGURImageTokens("deit_small", img_size=(64, 32), distilled=True, drop_path_rate=0.0)
+    n = [sum(p.numel() for p in m.parameters()) for m in (plain, distilled)]
+    assert n[1] - n[0] == 2 * 384  # distillation token + its position-embedding row
+    # a distilled DeiT checkpoint (timm layout, 224x224 grid) loads as the official loader does:
+    # dist_token and its pos_embed row dropped, class token kept, grid resized
+    ckpt_model = LGURImageTokens("deit_small", img_size=(224, 224), distilled=True).body
+    sd = {k: v for k, v in ckpt_model.state_dict().items()}
+    sd["blocks.11.norm1.weight"] = torch.ones(384)  # a 12th block, ignored (11 are run)
+    plain.load_weights(sd, strict=False)
+    torch.testing.assert_close(plain.body.cls_token, ckpt_model.cls_token)
+    torch.testing.assert_close(plain.body.pos_embed[:, :1], ckpt_model.pos_embed[:, :1])
+    assert plain(torch.randn(2, 3, 64, 32)).shape == (2, 8, 384)
+    res = LGURImageTokens("resnet50", img_size=(64, 32)).eval()
+    assert res(torch.randn(1, 3, 64, 32)).shape == (1, 4 * 2, 384)
+    with pytest.raises(ValueError, match="image_backbone"):
+        LGURImageTokens("vgg16")

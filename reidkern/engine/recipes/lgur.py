@@ -113,12 +113,15 @@ def build_dataset(records, transform):
 
 @torch.no_grad()
 def evaluate(model, recipe, query, gallery, batch_size: int = 64, device=None, **kwargs) -> Dict[str, float]:
-    """Text→image retrieval: ``query`` caption records (one caption each), ``gallery`` image
-    records. Returns {"R1", "R5", "R10", "mAP", "mINP"} as fractions (the engine's convention)."""
+    """Text→image retrieval: ``query`` caption records (records with several captions, e.g. a
+    validation split's images, give one query per caption), ``gallery`` image records. Returns {"R1", "R5", "R10", "mAP", "mINP"} as fractions (the engine's convention)."""
     from reidkern.data import ImageDataset
     from reidkern.data.text import CaptionDataset
     from reidkern.metrics.protocols import evaluate_text_to_image
 
+    from reidkern.data.datasets.text_json import expand_captions
+
+    query = expand_captions(list(query))  # every caption is a query (a no-op for the test split's)
     m = _unwrap(model)
     dev = device or next(m.parameters()).device
     was_training = m.training
