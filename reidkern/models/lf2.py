@@ -186,7 +186,10 @@ class LF2Net(nn.Module):
         return featmap[:, :, :h], featmap[:, :, h:2 * h]
 
     def forward(self, x: torch.Tensor) -> LF2Output:
-        featmap = self.backbone.featuremaps(x)
+        return self.forward_head(self.backbone.featuremaps(x))
+
+    def forward_head(self, featmap: torch.Tensor) -> LF2Output:
+        """The LF2 heads on a backbone map [B, C, H, W] (everything after the backbone)."""
         global_feat = self.bn_global(_pool(featmap))
         upper, lower = self.parts(featmap)
         feats, weights = [], []
@@ -299,6 +302,17 @@ class LF2(nn.Module):
         s = self.student(x)
         t = self.teacher(x)
         return self.fusion(t.featmap, s.upper_weight, s.lower_weight)
+
+    # The bench_models interface (benchmarks/model_cases/lf2.py): student backbone, heads, loss.
+    def forward_backbone(self, img: torch.Tensor):
+        return (self.student.backbone.featuremaps(img),)
+
+    def forward_head(self, featmap: torch.Tensor) -> LF2Output:
+        return self.student.forward_head(featmap)
+
+    def loss(self, out: LF2Output, y_g: torch.Tensor, y_u: torch.Tensor, y_l: torch.Tensor):
+        """:class:`LF2Loss` with one batch for the three terms (labels per branch)."""
+        return LF2Loss()(out, y_g, out, y_u, out, y_l)
 
     @torch.no_grad()
     def update_teacher(self, global_step: int, alpha: float = 0.999) -> float:

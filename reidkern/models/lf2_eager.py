@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lf2 import LF2Output
+from .lf2 import LF2, LF2Output
 
-__all__ = ["eager_soft_triplet", "EagerLF2Loss"]
+__all__ = ["eager_soft_triplet", "EagerLF2Loss", "LF2Eager"]
 
 
 def eager_soft_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
@@ -47,3 +47,23 @@ class EagerLF2Loss(nn.Module):
         tri_l = eager_soft_triplet(out_l.lower_feat, y_l, self.margin)
         loss = ce + tri_g + self.part_weight * (tri_u + tri_l)
         return loss, {"loss": float(loss.detach())}
+
+
+class LF2Eager(nn.Module):
+    """The eager twin of an :class:`~reidkern.models.lf2.LF2`: the same parameters (it wraps the
+    same model), the loss from :class:`EagerLF2Loss`. Same ``forward_backbone`` /
+    ``forward_head`` / ``loss`` interface as ``LF2``."""
+
+    def __init__(self, model: LF2):
+        super().__init__()
+        self.model = model
+        self.criterion = EagerLF2Loss()
+
+    def forward_backbone(self, img):
+        return self.model.forward_backbone(img)
+
+    def forward_head(self, featmap):
+        return self.model.forward_head(featmap)
+
+    def loss(self, out: LF2Output, y_g, y_u, y_l):
+        return self.criterion(out, y_g, out, y_u, out, y_l)
