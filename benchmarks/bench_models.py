@@ -23,13 +23,14 @@ import pytest
 import torch
 
 from _common import record, run_device, smoke
-from model_cases import dpti, la_transformer, lgur
+from model_cases import dpti, la_transformer, lf2, lgur
 
 # One line per paper model.
 CASES = {case.name: case for case in [
     *dpti.CASES,
     *la_transformer.CASES,
     *lgur.CASES,
+    *lf2.CASES,
 ]}
 REPRESENTATIVE = set(CASES)  # every case is at its paper's batch and image size
 

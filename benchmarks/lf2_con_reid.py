@@ -33,6 +33,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     p.add_argument("--table", default=None)
+    p.add_argument("--no-flip", action="store_true",
+                   help="no flip averaging of test and clustering features (CPU budget; official: flip)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW (channels-last is ~25%% faster on CPU)")
     p.add_argument("--table-only", action="store_true", help="only (re)write --table from out/metrics.jsonl")
     p.add_argument("--no-eval", action="store_true", help="skip the query/gallery evaluation (smoke runs)")
@@ -66,7 +68,7 @@ def main(argv=None):
     model = build_lf2(backbone="osnet_x0_25", weights=onnx, num_clusters=args.num_clusters)
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
-    recipe = get_recipe("lf2", lr=args.lr, batch_size=3 * args.pk_batch)
+    recipe = get_recipe("lf2", lr=args.lr, batch_size=3 * args.pk_batch, flip_test=not args.no_flip)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     rows = []
@@ -80,7 +82,7 @@ def main(argv=None):
     trainer = build_lf2_trainer(model, ds, epochs=args.epochs, iters=args.iters, recipe=recipe,
                                 method=args.method, num_clusters=args.num_clusters, dbscan_kwargs=dbscan, pk_batch=args.pk_batch,
                                 seed=args.seed, out_dir=args.out, report_quality=True, progress=False,
-                                evaluate=not args.no_eval)
+                                evaluate=not args.no_eval, cluster_flip=not args.no_flip)
     trainer.fit()
     rows = rows_from_log(args.out)
     with open(os.path.join(args.out, "table.json"), "w") as f:
@@ -124,7 +126,8 @@ def write_table(args, rows, seconds):
     with open(args.table, "a") as f:
         f.write(f"\n### {args.method}" + (f" k={args.num_clusters}" if args.method == "kmeans" else f" eps={args.eps}")
                 + f", {args.epochs} epochs × {args.iters} iterations of 3 × {args.pk_batch} images, lr {args.lr}, "
-                f"target = every {args.train_every}-th training image, seed {args.seed}{took}\n\n"
+                f"target = every {args.train_every}-th training image, flip {'off' if args.no_flip else 'on'}, "
+                f"seed {args.seed}{took}\n\n"
                 + "\n".join(lines) + "\n")
 
 

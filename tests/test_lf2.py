@@ -279,3 +279,21 @@ def test_osnet_real_weights_load(reid_mini):
     out = net.eval()(x)
     assert out.featmap.shape == (2, 128, 16, 8)
     torch.testing.assert_close(out.featmap, net.backbone.featuremaps(x))
+
+
+def test_twin_interface_matches_model_float64():
+    from reidkern.models import LF2 as LazyLF2, LF2Eager
+
+    assert LazyLF2 is LF2
+    model = tiny_lf2(dtype=torch.float64, num_classes=6).train()
+    twin = LF2Eager(model)
+    x = torch.randn(12, 3, 12, 8, dtype=torch.float64)
+    y = pk_labels(6, 2)
+    (fm,) = model.forward_backbone(x)
+    (fm2,) = twin.forward_backbone(x)
+    torch.testing.assert_close(fm, fm2)
+    yu, yl = y.view(-1, 2).t().reshape(-1), y.flip(0)
+    a = model.loss(model.forward_head(fm), y, yu, yl)[0]
+    b = twin.loss(twin.forward_head(fm2), y, yu, yl)[0]
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert sum(1 for _ in twin.parameters()) == sum(1 for _ in model.parameters())  # shared, not copied

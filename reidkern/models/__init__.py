@@ -6,7 +6,8 @@ extras (onnx, transformers) are needed only by the parts that use them.
 
 _LAZY = {"LGUR": "lgur", "LGUREager": "lgur_eager", "CAL": "cal",
          "DPTI": "dpti", "DPTIEager": "dpti_eager",
-         "LATransformer": "la_transformer", "LATransformerEager": "la_transformer_eager"}
+         "LATransformer": "la_transformer", "LATransformerEager": "la_transformer_eager",
+         "LF2": "lf2", "LF2Eager": "lf2_eager"}
 
 
 def __getattr__(name):  # paper models on first use: ``reidkern.models.LGUR`` imports transformers lazily

@@ -165,14 +165,16 @@ class LF2PseudoLabelHook:
         report_quality: also log NMI / ARI / #clusters against the records' pids (reporting only;
             meaningful when the "unlabeled" set has true ids, as in benchmarks).
         loader: an optional TrainLoader whose cached epoch is dropped when labels change.
+        flip: flip-average the clustering features (official: yes).
     """
 
     def __init__(self, records: Sequence, sampler: LF2Sampler, step: PseudoLabelStep, height: int = 256,
                  width: int = 128, batch_size: int = 128, report_quality: bool = False, loader=None,
-                 num_workers: int = 0):
+                 num_workers: int = 0, flip: bool = True):
         self.records, self.sampler, self.step = list(records), sampler, step
         self.height, self.width, self.batch_size = height, width, batch_size
         self.report_quality, self.loader, self.num_workers = report_quality, loader, num_workers
+        self.flip = flip
         self.quality: List[dict] = []
 
     def _apply(self, trainer) -> None:
@@ -204,7 +206,7 @@ class LF2PseudoLabelHook:
         ds = ImageDataset(self.records, build_transforms(self.height, self.width, train=False))
         dev = next(model.parameters()).device
         batches = ({"img": b["img"].to(dev)} for b in eval_loader(ds, self.batch_size, self.num_workers))
-        feats = extract_clustering_features(model, batches)
+        feats = extract_clustering_features(model, batches, flip=self.flip)
         t1 = time.perf_counter()
         results = pseudo_label_epoch(model, self.step, feats)
         self._apply(trainer)
@@ -343,7 +345,7 @@ def build_lf2_trainer(model: LF2, dataset, *, epochs: int, iters: int = 400, rec
                       method: str = "kmeans", num_clusters: int = 700, dbscan_kwargs: Optional[dict] = None,
                       pk_batch: int = PK_BATCH, seed: int = 0, out_dir: Optional[str] = None,
                       report_quality: bool = False, evaluate: bool = True, num_workers: int = 0,
-                      extract_batch_size: int = 128, progress: bool = True) -> "Trainer":
+                      extract_batch_size: int = 128, progress: bool = True, cluster_flip: bool = True) -> "Trainer":
     """A :class:`reidkern.engine.Trainer` for LF2 stage 2 on ``dataset.train`` (labels unused).
 
     Args:
@@ -357,6 +359,7 @@ def build_lf2_trainer(model: LF2, dataset, *, epochs: int, iters: int = 400, rec
         seed: sampling, augmentation and clustering seed.
         report_quality: log NMI / ARI of the pseudo-labels against ``dataset.train`` pids.
         evaluate: validate (teacher R1 / mAP) after every epoch.
+        cluster_flip: flip-average the clustering features (official: yes).
 
     Raises:
         ValueError: a recipe batch size other than 3 · pk_batch.
@@ -379,7 +382,8 @@ def build_lf2_trainer(model: LF2, dataset, *, epochs: int, iters: int = 400, rec
     step = PseudoLabelStep(BRANCHES, method=method, num_clusters=num_clusters, kmeans_kwargs=kmeans_kwargs,
                            dbscan_kwargs=dbscan_kwargs, seed=seed)
     hooks = [LF2PseudoLabelHook(records, sampler, step, recipe.height, recipe.width, extract_batch_size,
-                                report_quality=report_quality, loader=loader, num_workers=num_workers),
+                                report_quality=report_quality, loader=loader, num_workers=num_workers,
+                                flip=cluster_flip),
              LF2TeacherHook()]
     validate = (lambda tr: evaluate_target(tr.model, dataset, recipe, extract_batch_size, num_workers)) \
         if evaluate else None
