@@ -11,7 +11,8 @@ Providers: "eager" (the twin), "reidkern" (the model), and "eager-compile" (torc
 twin; on a GPU, or on CPU with REIDKERN_BENCH_COMPILE=1).
 
 Each paper's cases live in benchmarks/model_cases/<paper>.py (batch and image size of the paper)
-and are registered by one line below. Smoke mode (REIDKERN_BENCH_SMOKE=1, CI): tiny models and
+and are registered by one line below. REIDKERN_BENCH_STEP_BATCH=N measures the whole steps at
+batch N instead (a small CPU), the heads staying at the paper's batch. Smoke mode (REIDKERN_BENCH_SMOKE=1, CI): tiny models and
 images, one call each.
 
 Run:  cd benchmarks && PYTHONPATH=.. python -m pytest bench_models.py --benchmark-json=out.json
@@ -45,9 +46,11 @@ def _setup(case):
         torch.manual_seed(0)
         model, twin = case.build(smoke())
         model = model.to(DEVICE).train()
-        _state.update(name=case.name, model=model, twin=twin, batch=case.make_batch(case, smoke(), DEVICE),
-                      compiled={})
-    return _state["model"], _state["twin"], _state["batch"], _state["compiled"]
+        _state.update(name=case.name, model=model, twin=twin, batches={}, compiled={})
+    key = case.shape(smoke())
+    if key not in _state["batches"]:
+        _state["batches"][key] = case.make_batch(case, smoke(), DEVICE)
+    return _state["model"], _state["twin"], _state["batches"][key], _state["compiled"]
 
 
 def _params():
@@ -59,7 +62,7 @@ def _params():
 
 @pytest.mark.parametrize("name,part,provider", _params())
 def test_model_train_step(benchmark, name, part, provider):
-    case = CASES[name]
+    case = CASES[name].for_part(part)
     if provider == "eager-compile" and DEVICE == "cpu" and os.environ.get("REIDKERN_BENCH_COMPILE") != "1":
         pytest.skip("torch.compile of a whole model on CPU: set REIDKERN_BENCH_COMPILE=1")
     model, twin, batch, compiled = _setup(case)
@@ -80,7 +83,7 @@ def test_model_train_step(benchmark, name, part, provider):
             return case.head_loss(impl, feats, batch)
 
     if provider == "eager-compile":
-        key = part
+        key = (part, case.shape(smoke()))
         if key not in compiled:
             compiled[key] = torch.compile(loss_fn)
         loss_fn = compiled[key]

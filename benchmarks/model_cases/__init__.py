@@ -12,10 +12,16 @@ hooks fit an image model whose model and twin both offer
 Models with other inputs (text, two modalities, a teacher) pass their own ``make_batch``,
 ``backbone`` and ``head_loss`` functions.
 """
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Tuple
 
 import torch
+
+# A whole step at a paper's batch takes minutes on a small CPU: REIDKERN_BENCH_STEP_BATCH runs the
+# "step" measurements at another batch (the "head" ones keep the paper's); the size column says
+# which batch each row measured.
+STEP_BATCH = os.environ.get("REIDKERN_BENCH_STEP_BATCH")
 
 
 def pk_labels(batch: int, num_instances: int) -> torch.Tensor:
@@ -63,6 +69,12 @@ class ModelCase:
     make_batch: Callable = image_batch
     backbone: Callable = image_backbone
     head_loss: Callable = image_head_loss
+
+    def for_part(self, part: str) -> "ModelCase":
+        """This case with the batch of measurement ``part`` (see STEP_BATCH)."""
+        if part == "step" and STEP_BATCH:
+            return replace(self, batch=int(STEP_BATCH))
+        return self
 
     def shape(self, smoke: bool):
         return (self.smoke_batch, self.smoke_size) if smoke else (self.batch, self.size)
