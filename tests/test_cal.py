@@ -63,6 +63,13 @@ def test_layers_match_standard_blocks_float64():
     # MLP1's last bias only shifts each query's logits by a constant: no gradient through softmax.
     gbias = torch.autograd.grad((out_r * wo).sum(), tsaa.mlp_t[2].bias)[0]
     assert gbias.abs().max() < 1e-12
+    # Each map serving the same number of query sets takes the grouped path (no token copies).
+    index = torch.tensor([0, 1, 2, 2, 0, 1])
+    parts6 = torch.randn(6, 4, 12, dtype=torch.float64)
+    out, attn = tsaa(tokens, parts6, return_weights=True, token_index=index)
+    out_r, attn_r = attn_ref.target_aware_attention_reference(tsaa, tokens[index], parts6, return_weights=True)
+    assert_close(out, out_r)
+    assert_close(attn, attn_r)
     with pytest.raises(ValueError, match="token_index"):
         tsaa(tokens, parts, token_index=torch.tensor([0, 3, 1, 1, 1]))
 
@@ -197,3 +204,7 @@ def test_sample_partners_pairs_other_modality_same_identity():
     for _ in range(5):
         p = sample_partners(PIDS, MODALITY, generator=g)
         assert (PIDS[p] == PIDS).all() and (MODALITY[p] != MODALITY).all()
+        assert torch.bincount(p, minlength=8).eq(1).all()  # equal counts: every map partners once
+    pids, modality = torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0, 0, 1, 0, 1])
+    p = sample_partners(pids, modality, generator=g)
+    assert (pids[p] == pids).all() and (modality[p] != modality).all()

@@ -33,10 +33,14 @@ def sample_partners(pids, modality, generator=None):
     """For each sample, a random same-identity sample of the other modality (CAL's T_j with
     y_i = y_j for cross-modal refinement). pids, modality: [B] → int64 [B].
 
+    An identity with as many visible as infrared images in the batch (a visible–infrared
+    sampler's batch) gets two random bijections — visible → infrared and infrared → visible — so
+    that every map is the partner of exactly one sample (TSAA then refines all maps without
+    copying them); otherwise each sample draws its partner uniformly.
+
     Raises ValueError naming ``pids`` when an identity lacks one of the modalities."""
     same = pids[:, None] == pids[None, :]
-    other = modality[:, None] != modality[None, :]
-    ok = same & other
+    ok = same & (modality[:, None] != modality[None, :])
     lonely = ~ok.any(1)
     if bool(lonely.any()):
         bad = sorted(set(pids[lonely].tolist()))
@@ -44,7 +48,15 @@ def sample_partners(pids, modality, generator=None):
                          "every sample with a same-identity image of the other modality (PCL, MatchDistill) — "
                          "sample batches with a visible–infrared identity sampler")
     noise = torch.rand(ok.shape, generator=generator).to(pids.device)  # uniform pick among the allowed
-    return torch.where(ok, noise + 1.0, torch.zeros_like(noise)).argmax(1)
+    partner = torch.where(ok, noise + 1.0, torch.zeros_like(noise)).argmax(1)
+    for pid in torch.unique(pids).tolist():
+        vis = torch.nonzero((pids == pid) & (modality == 0)).flatten()
+        inf = torch.nonzero((pids == pid) & (modality == 1)).flatten()
+        if vis.numel() == inf.numel():
+            n = vis.numel()
+            partner[vis] = inf[torch.randperm(n, generator=generator).to(pids.device)]
+            partner[inf] = vis[torch.randperm(n, generator=generator).to(pids.device)]
+    return partner
 
 
 class CAL(nn.Module):
@@ -191,22 +203,23 @@ class CAL(nn.Module):
 
     def _drm(self, fmap, modality):
         """Per-modality DRM → parts [B, Np, C], selected Ŝ [B, HW, Np], L_dis logits [B, Np, K]."""
-        B = fmap.shape[0]
-        parts = selected = logits = None
-        for code in (0, 1):
-            idx = torch.nonzero(modality == code).flatten()
-            if idx.numel() == 0:
-                continue
-            x = fmap.index_select(0, idx)
-            drm = self.drm[code]
-            p, _, s = drm(x) if self.impl == "reidkern" else attn_ref.top_k_token_aggregation_reference(drm, x)
+        groups = [(code, torch.nonzero(modality == code).flatten()) for code in (0, 1)]
+        groups = [(code, idx) for code, idx in groups if idx.numel()]
+        if self.impl == "reidkern":  # both DRMs in one pass over the batch
+            parts, _, selected = TopKTokenAggregation.forward_grouped(self.drm, fmap, modality)
+        else:  # the standard way: split the batch by modality, run each DRM, put it back
+            parts = selected = None
+            for code, idx in groups:
+                p, _, s = attn_ref.top_k_token_aggregation_reference(self.drm[code], fmap.index_select(0, idx))
+                if parts is None:
+                    parts = p.new_zeros(fmap.shape[0], *p.shape[1:])
+                    selected = s.new_zeros(fmap.shape[0], *s.shape[1:])
+                parts, selected = parts.index_copy(0, idx, p), selected.index_copy(0, idx, s)
+        logits = None
+        for code, idx in groups:  # Φ: per-modality, per-part classifiers
+            p = parts.index_select(0, idx)
             lg = torch.stack([clf(p[:, u]) for u, clf in enumerate(self.drm_classifiers[code])], 1)
-            if parts is None:
-                parts = p.new_zeros(B, *p.shape[1:])
-                selected = s.new_zeros(B, *s.shape[1:])
-                logits = lg.new_zeros(B, *lg.shape[1:])
-            parts, selected, logits = (parts.index_copy(0, idx, p), selected.index_copy(0, idx, s),
-                                       logits.index_copy(0, idx, lg))
+            logits = (lg.new_zeros(fmap.shape[0], *lg.shape[1:]) if logits is None else logits).index_copy(0, idx, lg)
         return parts, selected, logits
 
     def _refine(self, tokens, parts, partner):
@@ -228,15 +241,32 @@ class CAL(nn.Module):
     def forward(self, img, modality, pids=None, partner=None):
         self._check_inputs(img, modality)
         if self.training:
-            if pids is None:
-                raise ValueError("pids: required in train mode (CAL pairs same-identity samples)")
-            if partner is None:
-                partner = sample_partners(pids, modality)
-            elif not (partner.shape == pids.shape and bool((pids[partner] == pids).all())
-                      and bool((modality[partner] != modality).all())):
-                raise ValueError("partner: must index, for each sample, a same-identity sample of the other modality")
-        fmap = self.backbone(img, modality)["layer4"]  # [B, C, h, w]
+            partner = self._check_pairing(modality, pids, partner)
+        return self.forward_head(self.forward_backbone(img, modality), modality, pids, partner)
+
+    def _check_pairing(self, modality, pids, partner):
+        if pids is None:
+            raise ValueError("pids: required in train mode (CAL pairs same-identity samples)")
+        if partner is None:
+            return sample_partners(pids, modality)
+        if not (partner.shape == pids.shape and bool((pids[partner] == pids).all())
+                and bool((modality[partner] != modality).all())):
+            raise ValueError("partner: must index, for each sample, a same-identity sample of the other modality")
+        return partner
+
+    def forward_backbone(self, img, modality):
+        """The two-stream ResNet-50's layer4 map [B, 2048, h, w]."""
+        return self.backbone(img, modality)["layer4"]
+
+    def forward_head(self, fmap, modality, pids=None, partner=None):
+        """Everything after the backbone (see ``forward``); fmap [B, 2048, h, w]."""
+        if self.training and partner is None:
+            partner = self._check_pairing(modality, pids, partner)
         B = fmap.shape[0]
+        if self.impl == "reidkern":
+            # One channels-last copy: the DRM's max-pools are faster on it and it is the
+            # contiguous [B, HW, C] token layout of the top-k aggregation and TSAA.
+            fmap = fmap.contiguous(memory_format=torch.channels_last)
         tokens = fmap.flatten(2).transpose(1, 2)  # [B, HW, C]
         parts, selected, dis_logits = self._drm(fmap, modality)
         global_feat = self.bottleneck(fmap.mean((2, 3)))
