@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from _common import record, run_device, smoke
-from model_cases import dpti, la_transformer, lf2, lgur
+from model_cases import cal, dpti, la_transformer, lf2, lgur
 
 # One line per paper model.
 CASES = {case.name: case for case in [
@@ -32,6 +32,7 @@ CASES = {case.name: case for case in [
     *la_transformer.CASES,
     *lgur.CASES,
     *lf2.CASES,
+    *cal.CASES,
 ]}
 REPRESENTATIVE = set(CASES)  # every case is at its paper's batch and image size
 

@@ -4,7 +4,7 @@ Submodules are imported on use (``import reidkern.models.backbones``) so that op
 extras (onnx, transformers) are needed only by the parts that use them.
 """
 
-_LAZY = {"LGUR": "lgur", "LGUREager": "lgur_eager", "CAL": "cal",
+_LAZY = {"LGUR": "lgur", "LGUREager": "lgur_eager", "CAL": "cal", "CALEager": "cal_eager",
          "DPTI": "dpti", "DPTIEager": "dpti_eager",
          "LATransformer": "la_transformer", "LATransformerEager": "la_transformer_eager",
          "LF2": "lf2", "LF2Eager": "lf2_eager"}

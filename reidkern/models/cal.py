@@ -20,11 +20,10 @@ from torch import nn
 from reidkern.models.backbones.two_stream import two_stream_resnet50
 from reidkern.models.cal_matchdistill import (MatchingRecord, match_distill_losses, match_weights,
                                               solve_matching)
-from reidkern.nn.attention import reference as attn_ref
 from reidkern.nn.attention.cal import TargetAwareAttention, TopKTokenAggregation
 from reidkern.nn.losses.part_aligned_center import PartAlignedCenterLoss
 
-__all__ = ["CAL", "eager_twin", "sample_partners"]
+__all__ = ["CAL", "sample_partners"]
 
 _FEAT = 2048  # ResNet-50 layer4 channels
 
@@ -79,9 +78,6 @@ class CAL(nn.Module):
         split_after: last modality-specific backbone stage ("stem" = AGW's split, default).
         last_stride: layer4 stride (1: 288×144 → 18×9 tokens).
         backbone_weights: optional local torchvision ResNet-50 checkpoint (copied into both streams).
-        impl: "reidkern" (fused ops, folded scoring net and TSAA, one TSAA call for self- and
-            cross-refinement) or "eager" (the same parameters through standard blocks; see
-            :func:`eager_twin`).
         backend: reidkern op backend ("cpp", "cuda", "triton", "reference"; None = device default).
 
     Forward ``model(img, modality, pids=None, partner=None)``:
@@ -98,7 +94,7 @@ class CAL(nn.Module):
             so visible and infrared features compare part by part with no query–gallery pairing.
 
     Raises:
-        ValueError: alpha ∉ (0, 1], even or non-positive pool sizes, top_k < 1, an unknown impl
+        ValueError: alpha ∉ (0, 1], even or non-positive pool sizes, top_k < 1
             (construction); img too small for the pools, top_k > HW, modality values other than
             0/1, missing pids in train mode, an identity without both modalities (forward).
     """
@@ -106,7 +102,7 @@ class CAL(nn.Module):
     def __init__(self, num_classes, num_parts=6, alpha=0.5, top_k=None, pool_sizes=(1, 3, 5),
                  score_channels=256, attn_dim=256, mlp_hidden=512, margin=0.5, pcl_reduction="mean",
                  lambda_kd1=1.0, lambda_kd2=1.0, lambda_dis=1.0, lambda_div=1.0, split_after="stem",
-                 last_stride=1, backbone_weights=None, impl="reidkern", backend=None):
+                 last_stride=1, backbone_weights=None, backend=None):
         super().__init__()
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
@@ -115,12 +111,10 @@ class CAL(nn.Module):
             raise ValueError(f"pool_sizes must be odd positive ints (same-size max-pools), got {pool_sizes}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        if impl not in ("reidkern", "eager"):
-            raise ValueError(f"impl must be 'reidkern' or 'eager', got {impl!r}")
         if not isinstance(num_parts, int) or num_parts < 1:
             raise ValueError(f"num_parts must be a positive int, got {num_parts!r}")
         self.num_classes, self.num_parts, self.alpha, self.top_k = num_classes, num_parts, float(alpha), top_k
-        self.pool_sizes, self.impl, self.last_stride = pool_sizes, impl, last_stride
+        self.pool_sizes, self.last_stride = pool_sizes, last_stride
         self.lambdas = dict(kd1=lambda_kd1, kd2=lambda_kd2, dis=lambda_dis, div=lambda_div)
         self.config = dict(num_classes=num_classes, num_parts=num_parts, alpha=alpha, top_k=top_k,
                            pool_sizes=pool_sizes, score_channels=score_channels, attn_dim=attn_dim,
@@ -201,20 +195,15 @@ class CAL(nn.Module):
         if bool(((modality != 0) & (modality != 1)).any()):
             raise ValueError("modality: values must be 0 (visible) or 1 (infrared)")
 
-    def _drm(self, fmap, modality):
+    def _drm(self, fmap, modality, eager=False):
         """Per-modality DRM → parts [B, Np, C], selected Ŝ [B, HW, Np], L_dis logits [B, Np, K]."""
         groups = [(code, torch.nonzero(modality == code).flatten()) for code in (0, 1)]
         groups = [(code, idx) for code, idx in groups if idx.numel()]
-        if self.impl == "reidkern":  # both DRMs in one pass over the batch
+        if eager:  # the standard way: split the batch by modality, run each DRM, put it back
+            from reidkern.models.cal_eager import drm_eager
+            parts, selected = drm_eager(self, fmap, groups)
+        else:  # both DRMs in one pass over the batch
             parts, _, selected = TopKTokenAggregation.forward_grouped(self.drm, fmap, modality)
-        else:  # the standard way: split the batch by modality, run each DRM, put it back
-            parts = selected = None
-            for code, idx in groups:
-                p, _, s = attn_ref.top_k_token_aggregation_reference(self.drm[code], fmap.index_select(0, idx))
-                if parts is None:
-                    parts = p.new_zeros(fmap.shape[0], *p.shape[1:])
-                    selected = s.new_zeros(fmap.shape[0], *s.shape[1:])
-                parts, selected = parts.index_copy(0, idx, p), selected.index_copy(0, idx, s)
         logits = None
         for code, idx in groups:  # Φ: per-modality, per-part classifiers
             p = parts.index_select(0, idx)
@@ -222,27 +211,24 @@ class CAL(nn.Module):
             logits = (lg.new_zeros(fmap.shape[0], *lg.shape[1:]) if logits is None else logits).index_copy(0, idx, lg)
         return parts, selected, logits
 
-    def _refine(self, tokens, parts, partner):
-        """TSAA self-refinement (own map) and, with partner, cross-refinement (partner's map)."""
+    def _refine(self, tokens, parts, partner, eager=False):
+        """TSAA self-refinement (own map) and, with partner, cross-refinement (partner's map):
+        one layer call for both, each map's keys computed once."""
+        if eager:
+            from reidkern.models.cal_eager import refine_eager
+            return refine_eager(self, tokens, parts, partner)
         B = tokens.shape[0]
-        if self.impl == "reidkern":
-            if partner is None:
-                return self.tsaa(tokens, parts, return_weights=True) + (None, None)
-            index = torch.cat([torch.arange(B, device=tokens.device), partner])
-            out, attn = self.tsaa(tokens, torch.cat([parts, parts]), return_weights=True, token_index=index)
-            return out[:B], attn[:B], out[B:], attn[B:]
-        f_self, a_self = attn_ref.target_aware_attention_reference(self.tsaa, tokens, parts, return_weights=True)
         if partner is None:
-            return f_self, a_self, None, None
-        f_cross, a_cross = attn_ref.target_aware_attention_reference(
-            self.tsaa, tokens.index_select(0, partner), parts, return_weights=True)
-        return f_self, a_self, f_cross, a_cross
+            return self.tsaa(tokens, parts, return_weights=True) + (None, None)
+        index = torch.cat([torch.arange(B, device=tokens.device), partner])
+        out, attn = self.tsaa(tokens, torch.cat([parts, parts]), return_weights=True, token_index=index)
+        return out[:B], attn[:B], out[B:], attn[B:]
 
-    def forward(self, img, modality, pids=None, partner=None):
+    def forward(self, img, modality, pids=None, partner=None, eager=False):
         self._check_inputs(img, modality)
         if self.training:
             partner = self._check_pairing(modality, pids, partner)
-        return self.forward_head(self.forward_backbone(img, modality), modality, pids, partner)
+        return self.forward_head(self.forward_backbone(img, modality), modality, pids, partner, eager)
 
     def _check_pairing(self, modality, pids, partner):
         if pids is None:
@@ -258,26 +244,28 @@ class CAL(nn.Module):
         """The two-stream ResNet-50's layer4 map [B, 2048, h, w]."""
         return self.backbone(img, modality)["layer4"]
 
-    def forward_head(self, fmap, modality, pids=None, partner=None):
-        """Everything after the backbone (see ``forward``); fmap [B, 2048, h, w]."""
+    def forward_head(self, fmap, modality, pids=None, partner=None, eager=False):
+        """Everything after the backbone (see ``forward``); fmap [B, 2048, h, w]. ``eager``: run
+        DRM and TSAA as the standard blocks do (what :class:`reidkern.models.cal_eager.CALEager`
+        calls)."""
         if self.training and partner is None:
             partner = self._check_pairing(modality, pids, partner)
         B = fmap.shape[0]
-        if self.impl == "reidkern":
+        if not eager:
             # One channels-last copy: the DRM's max-pools are faster on it and it is the
             # contiguous [B, HW, C] token layout of the top-k aggregation and TSAA.
             fmap = fmap.contiguous(memory_format=torch.channels_last)
         tokens = fmap.flatten(2).transpose(1, 2)  # [B, HW, C]
-        parts, selected, dis_logits = self._drm(fmap, modality)
+        parts, selected, dis_logits = self._drm(fmap, modality, eager)
         global_feat = self.bottleneck(fmap.mean((2, 3)))
         if not self.training:
-            f_self = self._refine(tokens, parts, None)[0]
+            f_self = self._refine(tokens, parts, None, eager)[0]
             f_self = self.part_bottleneck(f_self.flatten(0, 1)).view(B, self.num_parts, -1)
             vis = modality == 0
             f_self = torch.where(vis[:, None, None], f_self[:, self.test_matching().to(f_self.device)], f_self)
             feats = torch.cat([F.normalize(global_feat, dim=1)[:, None], F.normalize(f_self, dim=-1)], 1)
             return feats.flatten(1) / math.sqrt(self.num_parts + 1)
-        f_self, a_self, f_cross, a_cross = self._refine(tokens, parts, partner)
+        f_self, a_self, f_cross, a_cross = self._refine(tokens, parts, partner, eager)
         refined = torch.cat([f_self, f_cross])  # [2B, Np, C]
         part_logits = self.part_classifier(self.part_bottleneck(refined.flatten(0, 1))).view(2 * B, self.num_parts, -1)
         return dict(pids=pids, modality=modality, partner=partner, global_logits=self.classifier(global_feat),
@@ -316,13 +304,3 @@ class CAL(nn.Module):
                     dis=float(l_dis.detach()), div=float(l_div.detach()), matching=tuple(perm.tolist()))
         return total, logs
 
-
-def eager_twin(model):
-    """The same CAL, parameters and MatchDistill record copied, computed from standard blocks:
-    max-pool + reduce conv + concat + score conv, ``torch.topk`` / ``gather`` / ``scatter`` for the
-    region aggregation, matmul + softmax attention, and TSAA called once for self-refinement and
-    once more on the partners' maps for cross-refinement. What :mod:`benchmarks.model_cases.cal`
-    times against ``model`` and what the tests check equal to it in float64."""
-    twin = copy.deepcopy(model)
-    twin.impl = "eager"
-    return twin
