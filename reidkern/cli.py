@@ -1,4 +1,5 @@
-"""Command line: ``reidkern info | eval | demo | bench``.
+"""Command line: ``reidkern info | eval | demo | bench | train | test | extract | show-ranks | export``
+(the last five: :mod:`reidkern.engine.commands`, docs/engine.md).
 
 * ``reidkern eval --query q.npz --gallery g.npz`` — rank-1/5/10, mAP, mINP and the time taken; each
   npz holds ``feats`` [N, D], ``pids`` [N] and ``camids`` [N]. ``reidkern eval --dataset con-reid
@@ -336,6 +337,10 @@ def main(argv=None):
     b.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     b.add_argument("--min-rounds", type=int, default=3)
     b.set_defaults(fn=cmd_bench)
+
+    from reidkern.engine.commands import add_commands
+
+    add_commands(sub)  # train, test, extract, show-ranks, export
 
     try:
         args = ap.parse_args(argv)

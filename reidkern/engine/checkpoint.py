@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -34,42 +33,15 @@ VERSION = 1
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary file + ``os.replace`` (atomic on POSIX
-    and Windows when both are on one filesystem). The temporary file is removed on any error."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """``torch.save(obj)`` to ``path`` through :func:`reidkern.atomic.atomic_path` (temporary file
+    in the same folder, fsync-ed, then ``os.replace``): the old file stays intact on any error."""
+    from reidkern.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_bytes(data: bytes, path: str) -> None:
-    """Write ``data`` to ``path`` atomically (same temporary file + ``os.replace`` scheme)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def rng_state() -> Dict[str, Any]:

@@ -55,9 +55,12 @@ def _distributed():
     return 0, 1
 
 
-def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+def _to_device(batch: Dict[str, Any], device: torch.device, channels_last: bool = False) -> Dict[str, Any]:
     nb = device.type == "cuda"
-    return {k: (v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    out = {k: (v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    if channels_last and isinstance(out.get("img"), torch.Tensor) and out["img"].dim() == 4:
+        out["img"] = out["img"].contiguous(memory_format=torch.channels_last)
+    return out
 
 
 class Trainer:
@@ -98,7 +101,10 @@ class Trainer:
             "cuda" if torch.cuda.is_available() else "cpu")
         self.amp_dtype = amp_dtype(amp)
         self.rank, self.world_size = _distributed()
+        self.channels_last = bool(getattr(recipe, "channels_last", False))
         self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self.model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -129,7 +135,7 @@ class Trainer:
     def train_step(self, batch: Dict[str, Any]) -> Dict[str, float]:
         """Forward, loss, backward, (clip), optimizer and scheduler step. Returns the logs."""
         self.net.train()
-        batch = _to_device(batch, self.device)
+        batch = _to_device(batch, self.device, self.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             loss, logs = self.recipe.compute_loss(self.net, batch)

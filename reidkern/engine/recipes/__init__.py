@@ -4,3 +4,4 @@ from . import dpti  # noqa: F401
 from . import la_transformer  # noqa: F401
 from . import lf2  # noqa: F401
 from . import lgur  # noqa: F401
+from . import baseline, osnet  # noqa: F401
