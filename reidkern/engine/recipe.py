@@ -70,6 +70,7 @@ class Recipe:
             (``mAP`` first) for tasks whose protocol is not single-query image ReID; None = the
             Market protocol on ``extract`` features (cosine/euclidean per ``metric``).
         clip_grad_norm: max gradient L2 norm (None: no clipping).
+        label_smoothing: ε of label-smoothed cross entropy, for recipes whose loss reads it.
         flip_test: average the features of each image and its mirror at test time.
         rerank: k-reciprocal re-ranking (k1 20, k2 6, λ 0.3) at test time.
         val_ids: identities carved from the training split for validation (best checkpoint);
@@ -110,6 +111,7 @@ class Recipe:
     build_transforms: Optional[Callable[..., Any]] = None
     evaluate: Optional[Callable[..., Dict[str, float]]] = None
     clip_grad_norm: Optional[float] = None
+    label_smoothing: float = 0.1
     flip_test: bool = True
     rerank: bool = False
     val_ids: int = 8
