@@ -44,9 +44,9 @@ class FreezeSchedule:
     at the start of epoch ``e`` the prefixes ``unfreeze[e]`` are released, and (``lr_factor``)
     every learning rate is multiplied by ``lr_factor`` at each release.
 
-    LA-Transformer (official code): all 12 blocks frozen, two more released every 2 epochs, lr ×0.8
-    each time — ``FreezeSchedule.blockwise([f"blocks.{i}" for i in range(12)], every=2, per_step=2,
-    lr_factor=0.8)``.
+    LA-Transformer (official code): all 12 blocks frozen, the last two released at epoch 0, then one
+    more every 2 epochs, lr ×0.8 at each of these epochs — built by
+    ``reidkern.engine.recipes.la_transformer.blockwise_unfreezing()``.
 
     Args:
         frozen: parameter-name prefixes frozen at the start (module paths, e.g. ``"backbone.blocks.3"``).
