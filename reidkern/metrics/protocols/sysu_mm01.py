@@ -39,8 +39,12 @@ def _distinct_ranks(distmat, q_pids, g_pids, q_camids, g_camids, skip_cameras):
     distance and smaller index; their distinct identities are counted with one matmul against the
     gallery's one-hot identity matrix. No sort."""
     num_q, num_g = distmat.shape
-    codes = torch.unique(g_pids, return_inverse=True)[1]
+    uniq, codes = torch.unique(g_pids, return_inverse=True)
     onehot = torch.nn.functional.one_hot(codes).to(torch.float32)  # [G, U]
+    # identities as small codes: the [Q, G] comparison below reads 4-byte ints, not 8
+    g_code = codes.to(torch.int32)
+    q_code = torch.searchsorted(uniq, q_pids).clamp(max=len(uniq) - 1)
+    q_code = torch.where(uniq[q_code] == q_pids, q_code, -1).to(torch.int32)  # −1: id not in gallery
     col = torch.arange(num_g, device=distmat.device)
     out = torch.empty(num_q, dtype=torch.int64, device=distmat.device)
     for s in range(0, num_q, _ROWS):
@@ -49,10 +53,11 @@ def _distinct_ranks(distmat, q_pids, g_pids, q_camids, g_camids, skip_cameras):
         keep = torch.ones_like(d, dtype=torch.bool)
         for qc, gc in skip_cameras:
             keep &= ~((q_camids[s:e, None] == qc) & (g_camids[None] == gc))
-        pos = (g_pids[None] == q_pids[s:e, None]) & keep
+        pos = (g_code[None] == q_code[s:e, None]) & keep
         d_hit = torch.where(pos, d, float("inf")).amin(1, keepdim=True)
-        j_hit = (pos & (d == d_hit)).to(torch.uint8).argmax(1, keepdim=True)
-        ahead = keep & ((d < d_hit) | ((d == d_hit) & (col[None] < j_hit)))
+        tie = d == d_hit
+        j_hit = (pos & tie).to(torch.uint8).argmax(1, keepdim=True)
+        ahead = keep & ((d < d_hit) | (tie & (col[None] < j_hit)))
         distinct = ((ahead.to(torch.float32) @ onehot) > 0).sum(1)
         out[s:e] = torch.where(pos.any(1), distinct, torch.full_like(distinct, -1))
     return out
@@ -87,7 +92,7 @@ def evaluate_sysu_mm01_distmat(distmat, q_pids, g_pids, q_camids, g_camids, max_
     g_pids = V.check_ids(g_pids, num_g, "g_pids", "num_gallery", dev)
     q_camids = V.check_ids(q_camids, num_q, "q_camids", "num_query", dev)
     g_camids = V.check_ids(g_camids, num_g, "g_camids", "num_gallery", dev)
-    V.check_finite(distmat, "distmat")
+    # NaN/inf: the evaluate_rank kernels check every distance they rank (no extra pass here)
     check_query_ids(q_pids, g_pids, missing)
     max_rank = _check_max_rank(max_rank, num_g)
     first_hit = torch.full((num_q,), -1, dtype=torch.int64, device=dev)
