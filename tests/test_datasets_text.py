@@ -86,3 +86,18 @@ def test_text_items_collate_on_real_captions():
     q = CaptionDataset(ds.query, tok)
     item = q[0]
     assert set(item) == {"text_ids", "text_mask", "pid", "index"} and item["pid"] == ds.query[0].pid
+
+
+def test_text_to_image_protocol_on_mini_market():
+    from reidkern.metrics.protocols import evaluate_text_to_image
+    d = shared_data_dir("mini-market1501")
+    if d is None:
+        pytest.skip("../shared/data/mini-market1501 not found")
+    ds = build_dataset("mini_market1501", d)
+    # any text/image feature pair: identity prototypes plus noise stand in for the two encoders
+    g = torch.Generator().manual_seed(0)
+    proto = torch.randn(2000, 32, generator=g)
+    img = proto[[r.pid for r in ds.gallery]] + 0.3 * torch.randn(len(ds.gallery), 32, generator=g)
+    txt = proto[[r.pid for r in ds.query]] + 0.3 * torch.randn(len(ds.query), 32, generator=g)
+    res = evaluate_text_to_image(txt, img, [r.pid for r in ds.query], [r.pid for r in ds.gallery])
+    assert res.num_valid_queries == 128 and res.rank(1) > 0.9 and res.mAP > 0.8

@@ -8,7 +8,8 @@ from reidkern.cli import main
 from reidkern.data.paths import reid_mini_dir, shared_data_dir
 
 
-def test_eval_dataset_cli(tmp_path, capsys):
+def _tree(tmp_path):
+    """A Market-layout tree of 3 Con-ReID identities (real crops): 1 train, 1 query, 3 gallery each."""
     pytest.importorskip("onnx")
     mini, con = reid_mini_dir(), shared_data_dir("con-reid")
     if mini is None or con is None:
@@ -25,7 +26,22 @@ def test_eval_dataset_cli(tmp_path, capsys):
         for pid in list(by_pid)[:3]:
             for n in pick(by_pid[pid]):
                 os.symlink(os.path.join(src, n), root / split / n)
-    onnx = os.path.join(mini, "osnet_x0_25_msmt17.onnx")
+    return root, by_pid, os.path.join(mini, "osnet_x0_25_msmt17.onnx")
+
+
+def test_demo_dataset(tmp_path):
+    from reidkern import demo
+
+    root, _, _ = _tree(tmp_path)
+    lines = []
+    out = demo.run_dataset("con-reid", root=str(root), log=lines.append)
+    assert out.query.feats.shape == (3, 512)
+    assert out.gallery.feats.shape == (len(os.listdir(root / "bounding_box_test")), 512)
+    assert any("mAP" in line for line in lines) and 0 < out.result.mAP <= 1
+
+
+def test_eval_dataset_cli(tmp_path, capsys):
+    root, by_pid, onnx = _tree(tmp_path)
     out = tmp_path / "feats"
     assert main(["eval", "--dataset", "con-reid", "--data", str(root), "--weights", onnx, "--metric", "cosine",
                  "--save-features", str(out), "--batch-size", "4"]) == 0
