@@ -86,6 +86,11 @@ def test_visible_infrared_sampler():
         batch = [recs[i] for i in idx[b:b + 16]]
         assert all(r.modality == VISIBLE for r in batch[:8]) and all(r.modality == INFRARED for r in batch[8:])
         assert [r.pid for r in batch[:8]] == [r.pid for r in batch[8:]]
+    # AGW's epoch: int(max(#visible, #infrared) / (P·K)) + 1 batches
+    assert len(s) == (sum(3 + p for p in range(6)) // 8 + 1) * 16
+    strict = VisibleInfraredSampler(recs, batch_size=4, num_instances=2, seed=0, replace=False)
+    for b in strict.batches():
+        assert len(set(b)) == 4  # 2 ids x (2 visible + 2 infrared), no image twice
     with pytest.raises(ValueError, match="2 × num_instances"):
         VisibleInfraredSampler(recs, 12, 4)
     with pytest.raises(ValueError, match=r"identities \[6\]"):

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Sequence
 import numpy as np
 import torch
 
-from reidkern.data.records import INFRARED, VISIBLE
+from reidkern.data.records import INFRARED
 
 __all__ = ["RandomIdentitySampler", "DistributedRandomIdentitySampler", "VisibleInfraredSampler"]
 
@@ -178,15 +178,17 @@ class VisibleInfraredSampler(_EpochSeeded):
     the first half of a batch is visible, the second half infrared, aligned by identity).
 
     Every identity must have images of both modalities. An epoch covers ``num_batches`` batches
-    (default: enough that the larger modality is seen about once, as AGW's ``N`` = max(#visible,
-    #infrared)). Identities are drawn without replacement within a batch; instances without
-    replacement when an identity has at least K images of that modality, else with replacement.
+    (default AGW's ``int(N / (P·K)) + 1`` with N = max(#visible, #infrared)). Identities are drawn
+    without replacement within a batch; each identity's K images per modality are drawn with
+    replacement, as AGW's ``np.random.choice(pos, K)`` does (``replace=False`` draws without
+    replacement when an identity has at least K images).
 
     Args:
         records: training records with ``pid`` and ``modality`` (VISIBLE / INFRARED).
         batch_size: 2·P·K images (both modalities).
         num_instances: K per modality.
         seed: base seed. num_batches: batches per epoch (default as above).
+        replace: draw the K images of an identity with replacement (AGW; default).
 
     Raises:
         ValueError: ``batch_size`` not divisible by 2·``num_instances``, an identity lacking one
@@ -194,8 +196,9 @@ class VisibleInfraredSampler(_EpochSeeded):
     """
 
     def __init__(self, records: Sequence, batch_size: int, num_instances: int, seed: int = 0,
-                 num_batches: int = None):
+                 num_batches: int = None, replace: bool = True):
         super().__init__(seed)
+        self.replace = bool(replace)
         batch_size = _check_int(batch_size, "batch_size")
         k = _check_int(num_instances, "num_instances")
         if batch_size % (2 * k) != 0:
@@ -215,11 +218,12 @@ class VisibleInfraredSampler(_EpochSeeded):
             raise ValueError(f"records: {len(self.pids)} identities, fewer than P = {self.num_pids_per_batch}")
         if num_batches is None:
             n = max(sum(map(len, vis.values())), sum(map(len, ir.values())))
-            num_batches = max(1, n // (self.num_pids_per_batch * k))
+            num_batches = n // (self.num_pids_per_batch * k) + 1
         self.num_batches = _check_int(num_batches, "num_batches")
 
     def _take(self, idxs, rng):
-        return [int(i) for i in rng.choice(idxs, size=self.num_instances, replace=len(idxs) < self.num_instances)]
+        replace = self.replace or len(idxs) < self.num_instances
+        return [int(i) for i in rng.choice(idxs, size=self.num_instances, replace=replace)]
 
     def batches(self) -> List[List[int]]:
         rng = self._rng()
