@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Sequence
 
 from reidkern.data.datasets.base import ReIDDataset, list_images, require_dir, require_file
 from reidkern.data.records import INFRARED, VISIBLE, Record

@@ -9,7 +9,6 @@ an error naming them (``missing="skip"`` skips them, as torchreid silently does)
 """
 from __future__ import annotations
 
-import torch
 
 from reidkern.metrics.protocols.common import camera_free, check_query_ids
 from reidkern.metrics.rank import RankResult, evaluate_features, evaluate_rank
