@@ -13,6 +13,7 @@ from reidkern.engine.hooks import EMATeacher, EpochHook, FreezeSchedule
 from reidkern.engine.loader import TrainLoader, eval_loader
 from reidkern.engine.schedule import build_optimizer, build_scheduler
 from reidkern.engine.trainer import Trainer
+from reidkern.distributed import ddp_loss
 from reidkern.nn.losses import TripletLoss
 
 
@@ -47,14 +48,14 @@ class ToyNet(nn.Module):
         return (f, self.head(f)) if self.training else f
 
 
-_tri = TripletLoss(margin=0.3)
+_tri = TripletLoss(margin=0.3, gather=True)  # mines across processes under torchrun
 
 
 def toy_loss(model, batch):
     f, logits = model(batch["img"])
     ce = nn.functional.cross_entropy(logits, batch["pid"])
     tri = _tri(f, batch["pid"])
-    return ce + tri, {"ce": ce.detach(), "tri": tri.detach()}
+    return ce + ddp_loss(tri), {"ce": ce.detach(), "tri": tri.detach()}
 
 
 def toy_recipe(**kw):

@@ -165,6 +165,10 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
                       validate=validate if val_q else None, eval_every=eval_every,
                       checkpoint_every=checkpoint_every, max_epochs=None if steps else n_epochs,
                       progress=progress, dataset=dataset, meta=meta)
+    if rank == 0 and not resume:  # a fresh run into a used folder starts a fresh log
+        for stale in ("metrics.jsonl", "best.pt", "results.json"):
+            if os.path.exists(os.path.join(out_dir, stale)):
+                os.remove(os.path.join(out_dir, stale))
     if rank == 0:
         _write_json(_config(recipe, steps=steps, epochs=epochs, total_steps=total, amp=amp, resume=resume,
                             **meta), os.path.join(out_dir, "config.json"))

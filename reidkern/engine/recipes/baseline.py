@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from reidkern.distributed import ddp_loss
 from reidkern.engine.recipe import Recipe, register_recipe
-from reidkern.engine.trainer import unwrap
 from reidkern.models.baseline import baseline_resnet50
 from reidkern.nn.losses import TripletLoss
 
@@ -19,7 +19,8 @@ from reidkern.nn.losses import TripletLoss
 def ce_triplet_loss(label_smoothing: float = 0.1, margin: float = 0.3, metric: str = "euclidean",
                     normalize_feature: bool = False, triplet_weight: float = 1.0):
     """``compute_loss`` of a BNNeck model: CE-LS(logits) + triplet(global_feat), the triplet
-    mined across processes under torchrun (``gather=True``)."""
+    mined across processes under torchrun (``gather=True``, gradient scaled by
+    ``reidkern.distributed.ddp_loss`` so that DDP's averaging gives the single-process gradient)."""
     triplet = TripletLoss(margin=margin, metric=metric, normalize_feature=normalize_feature, gather=True)
 
     def compute_loss(model, batch):
@@ -27,7 +28,7 @@ def ce_triplet_loss(label_smoothing: float = 0.1, margin: float = 0.3, metric: s
         ce = F.cross_entropy(logits.float(), batch["pid"], label_smoothing=label_smoothing)
         tri = triplet(global_feat.float(), batch["pid"])
         acc = (logits.argmax(1) == batch["pid"]).float().mean()
-        return ce + triplet_weight * tri, {"ce": ce.detach(), "tri": tri.detach(), "acc": acc}
+        return ce + triplet_weight * ddp_loss(tri), {"ce": ce.detach(), "tri": tri.detach(), "acc": acc}
 
     return compute_loss
 
