@@ -42,6 +42,7 @@ def main(argv=None):
     p.add_argument("--train-every", type=int, default=1, help="target = every N-th training image (CPU budget)")
     p.add_argument("--pk-batch", type=int, default=64, help="images per P×K block (official 64 = 16 × 4)")
     p.add_argument("--limit-test", type=int, default=0, help="every N-th query/gallery image only (smoke runs)")
+    p.add_argument("--gallery-every", type=int, default=1, help="all queries, every N-th gallery image (CPU budget)")
     args = p.parse_args(argv)
 
     if args.table_only:
@@ -61,6 +62,8 @@ def main(argv=None):
         ds.train = ds.train[: args.limit_train]
     if args.train_every > 1:
         ds.train = ds.train[:: args.train_every]
+    if args.gallery_every > 1:
+        ds.gallery = ds.gallery[:: args.gallery_every]
     if args.limit_test:
         ds.query, ds.gallery = ds.query[:: args.limit_test], ds.gallery[:: args.limit_test]
     onnx = os.path.join(base, "reid-mini", "osnet_x0_25_msmt17.onnx")
@@ -126,7 +129,8 @@ def write_table(args, rows, seconds):
     with open(args.table, "a") as f:
         f.write(f"\n### {args.method}" + (f" k={args.num_clusters}" if args.method == "kmeans" else f" eps={args.eps}")
                 + f", {args.epochs} epochs × {args.iters} iterations of 3 × {args.pk_batch} images, lr {args.lr}, "
-                f"target = every {args.train_every}-th training image, flip {'off' if args.no_flip else 'on'}, "
+                f"target = every {args.train_every}-th training image, gallery = every {args.gallery_every}-th "
+                f"image, flip {'off' if args.no_flip else 'on'}, "
                 f"seed {args.seed}{took}\n\n"
                 + "\n".join(lines) + "\n")
 

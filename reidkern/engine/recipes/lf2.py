@@ -158,20 +158,23 @@ class LF2PseudoLabelHook:
     """Start of every epoch: LF2's pseudo-label step on the whole target training set.
 
     Args:
-        records: the target training records (labels ignored).
-        sampler: the run's :class:`LF2Sampler` (gets the new labels).
+        records: the target training records (labels ignored); None = ``trainer.dataset.train``.
+        sampler: the run's :class:`LF2Sampler`, or any object with ``set_labels`` (gets the new
+            labels).
         step: a :class:`reidkern.uda.PseudoLabelStep` (k-means or DBSCAN).
-        height, width: test-transform size. batch_size: extraction batch size.
+        height, width: test-transform size (None: the trainer's recipe's). batch_size: extraction
+            batch size.
         report_quality: also log NMI / ARI / #clusters against the records' pids (reporting only;
             meaningful when the "unlabeled" set has true ids, as in benchmarks).
         loader: an optional TrainLoader whose cached epoch is dropped when labels change.
-        flip: flip-average the clustering features (official: yes).
+        flip: flip-average the clustering features (official: yes; None: ``recipe.flip_test``).
     """
 
-    def __init__(self, records: Sequence, sampler: LF2Sampler, step: PseudoLabelStep, height: int = 256,
-                 width: int = 128, batch_size: int = 128, report_quality: bool = False, loader=None,
-                 num_workers: int = 0, flip: bool = True):
-        self.records, self.sampler, self.step = list(records), sampler, step
+    def __init__(self, records: Optional[Sequence], sampler, step: PseudoLabelStep, height: Optional[int] = 256,
+                 width: Optional[int] = 128, batch_size: int = 128, report_quality: bool = False, loader=None,
+                 num_workers: int = 0, flip: Optional[bool] = True):
+        self.records = None if records is None else list(records)
+        self.sampler, self.step = sampler, step
         self.height, self.width, self.batch_size = height, width, batch_size
         self.report_quality, self.loader, self.num_workers = report_quality, loader, num_workers
         self.flip = flip
@@ -185,8 +188,9 @@ class LF2PseudoLabelHook:
         model.pseudo_labels = torch.from_numpy(np.stack([labels[b] for b in BRANCHES])).to(
             next(model.parameters()).device)
         self.sampler.set_labels(labels)
-        if self.loader is not None:
-            self.loader.refresh()  # the epoch's batches depend on the labels
+        loader = self.loader if self.loader is not None else getattr(trainer, "loader", None)
+        if loader is not None and hasattr(loader, "refresh"):
+            loader.refresh()  # the epoch's batches depend on the labels
 
     def on_train_start(self, trainer) -> None:
         if self.step.labels is not None:  # resumed: labels restored by load_state_dict
@@ -201,12 +205,18 @@ class LF2PseudoLabelHook:
 
         if self.step.epoch > epoch:  # resumed mid-epoch with this epoch's labels already made
             return
+        if self.records is None:  # built by the recipe: the trainer's dataset is the target
+            self.records = list(trainer.dataset.train)
+        recipe = trainer.recipe
+        height = self.height or recipe.height
+        width = self.width or recipe.width
+        flip = recipe.flip_test if self.flip is None else self.flip
         model = unwrap(trainer.model)
         t0 = time.perf_counter()
-        ds = ImageDataset(self.records, build_transforms(self.height, self.width, train=False))
+        ds = ImageDataset(self.records, build_transforms(height, width, train=False))
         dev = next(model.parameters()).device
         batches = ({"img": b["img"].to(dev)} for b in eval_loader(ds, self.batch_size, self.num_workers))
-        feats = extract_clustering_features(model, batches, flip=self.flip)
+        feats = extract_clustering_features(model, batches, flip=flip)
         t1 = time.perf_counter()
         results = pseudo_label_epoch(model, self.step, feats)
         self._apply(trainer)
@@ -261,17 +271,62 @@ def lf2_extract(model, batch):
     return model(batch["img"])
 
 
-def lf2_recipe(**kw) -> Recipe:
+class _Labels:
+    """The pseudo-labels shared by the recipe's hook and the samplers the engine builds each epoch."""
+
+    def __init__(self):
+        self.labels = None
+
+    def set_labels(self, labels) -> None:
+        self.labels = labels
+
+
+def lf2_recipe(iters: int = 400, method: str = "kmeans", dbscan_kwargs: Optional[dict] = None, **kw) -> Recipe:
     """Stage 2 (official ``target_train.py``): Adam 3.5e-4, weight decay 5e-4, constant lr, 80
-    epochs × 400 iterations, batches of 3 × (16 × 4), random erasing on (target fine-tuning only),
-    α = 0.999, k-means k = 700 (Duke→Market)."""
+    epochs × ``iters`` = 400 iterations, batches of 3 × (16 × 4), random erasing on (target
+    fine-tuning only), α = 0.999, k-means with k = ``model_kwargs["num_clusters"]`` (700,
+    Duke→Market) or ``method="dbscan"``. No validation split (the target is unlabeled).
+
+    For ``reidkern.engine.train`` / ``reidkern train lf2``: the recipe's ``train_sampler`` and
+    ``hooks`` share the pseudo-labels, the hook clusters ``trainer.dataset.train``.
+    """
+    shared = _Labels()
+
+    def train_sampler(records, batch_size, num_instances, seed=0):
+        s = LF2Sampler(len(records), iters=iters, pk_batch=batch_size // 3, num_instances=num_instances, seed=seed)
+        if shared.labels is not None:
+            s.set_labels(shared.labels)
+        return s
+
+    def hooks(model):
+        k = unwrap_classes(model)
+        kmeans_kwargs = {"global": {"init_size": 1500}, "upper": {"init_size": 900}, "lower": {"init_size": 900}}
+        step = PseudoLabelStep(BRANCHES, method=method, num_clusters=k, kmeans_kwargs=kmeans_kwargs,
+                               dbscan_kwargs=dbscan_kwargs, seed=r.seed)
+        return [LF2PseudoLabelHook(None, shared, step, height=None, width=None, flip=None), LF2TeacherHook()]
+
     r = Recipe(name="lf2", task="uda", build_model=build_lf2, compute_loss=lf2_compute_loss,
                extract=lf2_extract, height=256, width=128, num_instances=4, batch_size=3 * PK_BATCH,
                optimizer="adam", lr=3.5e-4, weight_decay=5e-4, epochs=80, scheduler="step",
                milestones=(), gamma=0.1, warmup_epochs=0, metric="cosine", flip_test=True, val_ids=0,
-               model_kwargs={"backbone": "resnet50", "num_clusters": 700})
-    for k, v in kw.items():
-        setattr(r, k, v)
+               model_kwargs={"backbone": "resnet50", "num_clusters": 700}, train_sampler=train_sampler,
+               hooks=hooks)
+    for key, v in kw.items():
+        setattr(r, key, v)
+    return r
+
+
+def unwrap_classes(model) -> int:
+    from reidkern.engine import unwrap
+
+    return unwrap(model).student.num_classes
+
+
+def lf2_osnet_recipe(**kw) -> Recipe:
+    """``lf2`` with LF2's heads on OSNet x0.25 (``--weights osnet_x0_25_msmt17.onnx``)."""
+    r = lf2_recipe(**kw)
+    r.name = "lf2-osnet"
+    r.model_kwargs = {"backbone": "osnet_x0_25", "num_clusters": 700}
     return r
 
 
@@ -319,6 +374,7 @@ def lf2_source_recipe(**kw) -> Recipe:
 
 
 register_recipe("lf2")(lf2_recipe)
+register_recipe("lf2-osnet")(lf2_osnet_recipe)
 register_recipe("lf2-source")(lf2_source_recipe)
 
 
