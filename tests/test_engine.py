@@ -138,16 +138,13 @@ def test_resume_is_bit_exact(tmp_path, num_workers):
     hist_ref = ref.fit()
     part = make_trainer(str(tmp_path / "b"), total_steps=10, num_workers=num_workers, checkpoint_every=6)
 
-    class Stop(Exception):
-        pass
-
     class StopAt6:
         def after_step(self, trainer, step, out):
-            if step == 7:  # after the step-6 checkpoint: an interrupted run
-                raise Stop
+            if step == 7:  # Ctrl-C after the step-6 checkpoint
+                raise KeyboardInterrupt
 
     part.hooks.append(StopAt6())
-    with pytest.raises(Stop):
+    with pytest.raises(KeyboardInterrupt):
         part.fit()
     torch.manual_seed(123)  # a resumed process starts with other RNG states
     np.random.seed(7)
