@@ -5,7 +5,8 @@ prototypes, 6 heads × 512 in PGU).
 The frozen text encoder is left out of the timing: the batch carries its output (BERT-base width,
 768) as ``encoder_tokens``, and the model's encoder is a one-layer stand-in of that width that is
 never run. "step" = DeiT + BiLSTM + DGA + PGU + loss; "head" = DGA + PGU + loss on fixed encoder
-tokens (the part reidkern's layers replace).
+tokens. A second case, ``lgur_dga_pgu``, times DGA + PGU alone (the part reidkern's layers replace):
+forward + backward of the four PGU outputs with a plain sum-of-squares, no ID/ranking loss.
 """
 import os
 
@@ -83,6 +84,14 @@ def head_loss(impl, feats, batch):
     return impl.loss(out, batch["pid"], torch.Generator(device=v.device).manual_seed(0))[0]
 
 
+def dga_pgu(impl, feats, batch):
+    v, t = feats
+    return sum(o.square().mean() for o in impl.granularity_unify(v, t, batch["t_pad"]))
+
+
 CASES = [ModelCase("lgur", build, batch=BATCH, size=(384, 128), smoke_batch=4, smoke_size=(32, 16), num_instances=2,
                    make_batch=make_batch, backbone=backbone, head_loss=head_loss,
-                   note="DeiT-S 192 tokens, captions 64, 400 atoms, 6x512 PGU, 11003 ids; frozen encoder excluded")]
+                   note="DeiT-S 192 tokens, captions 64, 400 atoms, 6x512 PGU, 11003 ids; frozen encoder excluded"),
+         ModelCase("lgur_dga_pgu", build, batch=BATCH, size=(384, 128), smoke_batch=4, smoke_size=(32, 16),
+                   num_instances=2, parts=("head",), make_batch=make_batch, backbone=backbone, head_loss=dga_pgu,
+                   note="DGA + PGU only (4 outputs, sum of squares): the layers reidkern replaces")]
