@@ -73,11 +73,11 @@ def test_short_training_on_real_captions():
     torch.manual_seed(0)
     kw = dict(image_backbone=TinyViT(), dim=32, num_atoms=16, dga_heads=2, dga_head_dim=16, dga_ffn_dim=32,
               num_prototypes=2, pgu_heads=2, pgu_head_dim=16, pgu_ffn_dim=32, out_dim=16)
-    res = run(root, steps=12, batch_size=16, height=64, width=32, encoder=str(minilm.get_model_path()),
+    res = run(root, steps=10, batch_size=8, height=64, width=32, encoder=str(minilm.get_model_path()),
               model_kwargs=kw, lr=1e-3)
     losses = res["losses"]
-    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-3:]) < sum(losses[:3])  # falling loss
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses))), losses
+    assert sum(losses[-3:]) < sum(losses[:3]), losses  # falling loss
     assert (res["train_pairs"], res["queries"], res["gallery"]) == (64, 128, 64)
     for r in (res["before"], res["after"]):
         assert set(r) == {"mAP", "mINP", "R1", "R5", "R10"}
