@@ -47,6 +47,7 @@ def _setup(case):
         torch.manual_seed(0)
         model, twin = case.build(smoke())
         model = model.to(DEVICE).train()
+        twin = twin.to(DEVICE).train()  # a twin may hold its own modules (e.g. per-part blocks)
         _state.update(name=case.name, model=model, twin=twin, batches={}, compiled={})
     key = case.shape(smoke())
     if key not in _state["batches"]:
@@ -68,7 +69,8 @@ def test_model_train_step(benchmark, name, part, provider):
         pytest.skip("torch.compile of a whole model on CPU: set REIDKERN_BENCH_COMPILE=1")
     model, twin, batch, compiled = _setup(case)
     impl = model if provider == "reidkern" else twin
-    params = [p for p in model.parameters() if p.requires_grad]
+    # the parameters this provider trains (a twin may hold its own leaves, e.g. per-part blocks)
+    params = [p for p in impl.parameters() if p.requires_grad]
 
     if part == "step":
         def loss_fn():

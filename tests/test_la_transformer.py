@@ -44,13 +44,25 @@ def test_train_step_matches_eager_twin_float64(flags):
         assert_close(out[k], out_ref[k], **TOL)
     for k in logs_ref:
         assert_close(logs[k], logs_ref[k], **TOL)
-    params = list(model.parameters())
-    grads = torch.autograd.grad(loss, params)
-    grads_ref = torch.autograd.grad(loss_ref, params)
-    for a, b in zip(grads, grads_ref):
-        assert_close(a, b, rtol=1e-8, atol=1e-10)
+    names, params = zip(*model.named_parameters())
+    grads = dict(zip(names, torch.autograd.grad(loss, params)))
+    grads_ref = twin.stacked_grads(torch.autograd.grad(loss_ref, twin.head_parameters()))
+    assert set(grads_ref) == set(grads)
+    for k in names:
+        assert_close(grads[k], grads_ref[k], rtol=1e-8, atol=1e-10, msg=k)
     # the running statistics moved the same way (twin and model updated the same buffers once each)
     assert model.classifiers.bn_running_mean.abs().sum() > 0
+
+
+def test_twin_blocks_share_the_models_storage():
+    model = tiny()
+    twin = LATransformerEager(model)
+    with torch.no_grad():
+        model.classifiers.fc2_weight[2, 1, 3] = 7.0
+    assert twin.classifier2[3].weight[1, 3] == 7.0
+    assert twin.classifier1[1].running_var.data_ptr() == model.classifiers.bn_running_var[1].data_ptr()
+    with pytest.raises(TypeError, match="LATransformer"):
+        LATransformerEager(nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("flags", ["official", "improved"])

@@ -116,29 +116,33 @@ class LATransformer(nn.Module):
                              f"of {tuple(x.shape[-2:])} (resize them, or build the model with that img_size)")
         return (self.backbone(x).tokens,)
 
-    def pooled_parts(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(cls [B, D], parts [B, P, D])``: row means of the patch grid (x-pooling, official), or
-        with ``y_pooling`` the average of row i's and column i's means (the note's Eq. 2)."""
+    def pooled_parts(self, tokens: torch.Tensor, gelt: bool = False) -> torch.Tensor:
+        """The P part vectors [B, P, D] from the tokens [B, 1 + gh·gw, D] (CLS first, patches
+        row-major): row means of the patch grid (x-pooling, official), or with ``y_pooling`` the
+        average of row i's and column i's means (the note's Eq. 2); with ``gelt`` the globally
+        enhanced local tokens ``(cls + λ·p_i) / (1 + λ)``.
+
+        CLS and patches come from one ``split`` (its backward is one concatenation, where indexing
+        ``tokens[:, 0]`` and ``tokens[:, 1:]`` would zero-fill a full-size gradient for each)."""
         B, D = tokens.shape[0], tokens.shape[-1]
-        grid = tokens[:, 1:].reshape(B, self.grid[0], self.grid[1], D)
+        gh, gw = self.grid
+        cls, patches = tokens.split([1, gh * gw], dim=1)
+        grid = patches.reshape(B, gh, gw, D)
         parts = grid.mean(dim=2)
         if self.y_pooling:
             parts = (parts + grid.mean(dim=1)) / 2
-        return tokens[:, 0], parts
-
-    def gelt(self, cls: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
-        """Globally enhanced local tokens ``(cls + λ·p_i) / (1 + λ)`` [B, P, D]."""
-        return (cls.unsqueeze(1) + self.lmbd * parts) / (1.0 + self.lmbd)
+        if gelt:
+            parts = (cls + self.lmbd * parts) / (1.0 + self.lmbd)
+        return parts
 
     def test_features(self, parts: torch.Tensor) -> torch.Tensor:
         """Each part L2-normalised and scaled by 1/√P, concatenated: [B, P·D] (unit norm overall)."""
         return (F.normalize(parts, dim=-1) / math.sqrt(self.num_parts)).flatten(1)
 
     def forward_head(self, tokens: torch.Tensor):
-        cls, parts = self.pooled_parts(tokens)
         if not self.training:
-            return self.test_features(self.gelt(cls, parts) if self.test_gelt else parts)
-        gelt = self.gelt(cls, parts)
+            return self.test_features(self.pooled_parts(tokens, gelt=self.test_gelt))
+        gelt = self.pooled_parts(tokens, gelt=True)
         logits, _ = self.classifiers(gelt)
         return {"logits": logits, "gelt": gelt}
 
