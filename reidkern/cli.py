@@ -180,7 +180,7 @@ def cmd_eval(args):
 
 def cmd_demo(args):
     from reidkern import demo
-    from reidkern.testing import reid_mini_dir
+    from reidkern.data.paths import reid_mini_dir
 
     if args.dataset:
         demo.run_dataset(args.dataset, args.dataset_root, args.data, metric=args.metric, flip=args.flip)

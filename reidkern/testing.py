@@ -1,5 +1,6 @@
-"""Helpers shared by reidkern's tests and benchmarks: tolerances, backends, opcheck, data paths."""
-from pathlib import Path
+"""Helpers shared by reidkern's tests and benchmarks: tolerances, device x backend cases, opcheck.
+
+The real-data folders are found by :func:`reidkern.data.paths.reid_mini_dir`."""
 
 import torch
 
@@ -108,11 +109,3 @@ def devices():
 def opcheck(op, args, kwargs=None, **kw):
     """``torch.library.opcheck`` on a reidkern op (schema, fake kernel, autograd registration)."""
     return torch.library.opcheck(op, args, kwargs or {}, **kw)
-
-
-def reid_mini_dir():
-    """Path of the reid-mini real-data folder, or None when absent (see reidkern.data.paths)."""
-    from reidkern.data.paths import reid_mini_dir as find
-
-    path = find()
-    return None if path is None else Path(path)

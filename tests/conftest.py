@@ -9,7 +9,10 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from reidkern.testing import reid_mini_dir, unusable_reason  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from reidkern.data.paths import reid_mini_dir  # noqa: E402
+from reidkern.testing import unusable_reason  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +21,7 @@ def reid_mini():
     path = reid_mini_dir()
     if path is None:
         pytest.skip("../shared/data/reid-mini not found (set REIDKERN_DATA)")
-    return path
+    return Path(path)
 
 
 @pytest.fixture(autouse=True)

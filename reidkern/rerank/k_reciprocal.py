@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from reidkern.distributed import all_gather_rows
 from reidkern.ops import _validate as V
 from reidkern.ops._backend import resolve_backend
 from reidkern.ops.k_reciprocal import (jaccard_rerank, jaccard_sum_min, k_reciprocal_expand,
@@ -144,25 +145,6 @@ def _dist_info(group):
     return dist, dist.get_world_size(group), dist.get_rank(group)
 
 
-def _all_gather_rows(dist, t, group, world):
-    """all_gather of tensors whose first dimension differs across ranks; returns the list."""
-    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
-    sizes = [int(s) for s in sizes]
-    m = max(sizes)
-    pad = torch.zeros((m - t.shape[0],) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
-    buf = [torch.empty((m,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device) for _ in range(world)]
-    dist.all_gather(buf, torch.cat([t, pad]).contiguous(), group=group)
-    return [b[:s] for b, s in zip(buf, sizes)]
-
-
-def _all_gather_same(dist, t, group, world):
-    buf = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(buf, t.contiguous(), group=group)
-    return buf
-
-
 # ---- features form ------------------------------------------------------------------------------
 
 def _knn_features(X, k, col_range, backend, progress, chunk=4096):
@@ -173,10 +155,6 @@ def _knn_features(X, k, col_range, backend, progress, chunk=4096):
     for s in _progress(starts, progress, "re-ranking: neighbours", total=len(starts)):
         outs.append(knn(X[s:s + chunk], Y, k, index_offset=c0, backend=backend))
     return tuple(torch.cat([o[i] for o in outs]).cpu() for i in range(3))
-
-
-def _pair_sq_dist(X, rows, cols):
-    return pair_sq_dist(X, rows, cols)
 
 
 def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progress=None,
@@ -230,12 +208,12 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
     qf, gf = qf.to(dtype), gf.to(dtype)
     num_q = qf.shape[0]
     if distributed:
-        dist, world, rank = _dist_info(group)
-        shards = _all_gather_rows(dist, gf, group, world)
+        rank = _dist_info(group)[2]
+        shards = all_gather_rows(gf, group)
         sizes = [s.shape[0] for s in shards]
         gf_all = torch.cat(shards)
     else:
-        world, rank, sizes, gf_all = 1, 0, [gf.shape[0]], gf
+        rank, sizes, gf_all = 0, [gf.shape[0]], gf
     num_g = gf_all.shape[0]
     if num_g == 0:
         raise ValueError("gf is empty (no gallery)")
@@ -257,16 +235,16 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
     cols = (0 if rank == 0 else g0, g1)
     d, idx, row_max = _knn_features(X, k, cols, choice, progress)
     if distributed:
-        ds = _all_gather_same(dist, d.to(device), group, world)
-        ids = _all_gather_same(dist, idx.to(device), group, world)
-        ms = _all_gather_same(dist, row_max.to(device), group, world)
+        ds = all_gather_rows(d.to(device), group)
+        ids = all_gather_rows(idx.to(device), group)
+        ms = all_gather_rows(row_max.to(device), group)
         d, idx = _merge_neighbours(torch.cat(ds, 1).cpu(), torch.cat(ids, 1).cpu(), k)
         row_max = torch.stack(ms).amax(0).cpu()
     if not bool((row_max > 0).all()):
         raise ValueError("qf/gf: every sample is identical to every other (all distances are 0)")
     ranks = _initial_ranks(d, idx, row_max, k1)
     Xc = X.cpu()
-    V_csr = _encode(ranks, k1, k2, lambda r, c: _pair_sq_dist(Xc, r, c) / row_max[r])
+    V_csr = _encode(ranks, k1, k2, lambda r, c: pair_sq_dist(Xc, r, c) / row_max[r])
 
     q64 = X[:num_q].double()
     qn = (q64 * q64).sum(1, keepdim=True)
@@ -435,7 +413,7 @@ def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile
         raise ValueError("features: every sample is identical (all distances are 0)")
     ranks = _initial_ranks(d, idx, row_max, k1)
     Xc = X.cpu()
-    crow, cols, vals = _encode(ranks, k1, k2, lambda r, c: _pair_sq_dist(Xc, r, c) / row_max[r])
+    crow, cols, vals = _encode(ranks, k1, k2, lambda r, c: pair_sq_dist(Xc, r, c) / row_max[r])
     inv = _inverted_index(crow, cols, vals, 0, N, N)
     indptr, indices, data = [np.zeros(1, dtype=np.int64)], [], []
     offset = 0

@@ -47,11 +47,3 @@ def masked_mean(per_anchor, valid, gather=False):
         local = total / count.clamp(min=1)
         return local + (all_reduce_sum_no_grad(local) - local.detach())
     return total / count.clamp(min=1)
-
-
-def masked_sum(per_anchor, valid, gather=False):
-    """Sum of ``per_anchor`` over ``valid`` anchors (global value with ``gather``, see masked_mean)."""
-    local = torch.where(valid, per_anchor, per_anchor.new_zeros(())).sum()
-    if gather and is_distributed():
-        return local + (all_reduce_sum_no_grad(local) - local.detach())
-    return local
