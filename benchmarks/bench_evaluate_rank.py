@@ -7,7 +7,8 @@ Sizes: Market-1501 (3,368 queries x 15,913 gallery, from a distance matrix) and 
 import pytest
 import torch
 
-from reidkern.metrics import evaluate_features, evaluate_rank, pairwise_distance
+from reidkern.metrics import evaluate_features, evaluate_rank
+from reidkern.metrics.distance import ranking_distance
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
 
 from _common import device_and_backend, record, reidkern_providers, smoke
@@ -45,7 +46,7 @@ def test_evaluate(benchmark, provider, size):
         result = record(benchmark, "evaluate_features", provider, label, fn, device)
         assert result.num_valid_queries > 0
         return
-    distmat = pairwise_distance(qf, gf)
+    distmat = ranking_distance(qf, gf)  # squared Euclidean, as torchreid ranks
     if provider == "eager":
         fn = lambda: evaluate_rank_reference(distmat, qp, gp, qc, gc)  # noqa: E731
     else:

@@ -1,8 +1,9 @@
-// Argument checks of reidkern::batch_hard_mining and its backward, shared by the CPU and CUDA
+// Argument checks of reidkern::batch_hard_mining_fwd and _bwd, shared by the CPU and CUDA
 // kernels (csrc/cpu/batch_hard_mining.cpp, csrc/cuda/batch_hard_mining.cu).
 #pragma once
 
 #include "common.h"
+#include "metric.h"
 
 namespace reidkern {
 
@@ -18,7 +19,8 @@ inline void check_mining_inputs(const Tensor& emb, const Tensor& labels, const T
   STD_TORCH_CHECK(ref_labels.dim() == 1 && ref_labels.size(0) == ref.size(0), "ref_labels must be [M]");
   check_dtype(labels, ScalarType::Long, "labels");
   check_dtype(ref_labels, ScalarType::Long, "ref_labels");
-  STD_TORCH_CHECK(metric >= 0 && metric <= 2, "metric must be 0 (euclidean), 1 (sqeuclidean) or 2 (cosine)");
+  STD_TORCH_CHECK(metric >= 0 && metric < kNumMetrics,
+                  "metric must be 0 (euclidean), 1 (sqeuclidean) or 2 (cosine) (csrc/metric.h)");
 }
 
 inline void check_mining_backward_inputs(const Tensor& grad_dist_ap, const Tensor& grad_dist_an,
@@ -33,7 +35,7 @@ inline void check_mining_backward_inputs(const Tensor& grad_dist_ap, const Tenso
                       ref_embeddings.scalar_type() == embeddings.scalar_type(),
                   "ref_embeddings must match embeddings' dtype and feature dimension");
   for (const Tensor* t : {&grad_dist_ap, &grad_dist_an, &dist_ap, &dist_an, &p_index, &n_index})
-    STD_TORCH_CHECK(t->dim() == 1 && t->size(0) == B, "batch_hard_mining_backward: per-anchor tensors must be [B]");
+    STD_TORCH_CHECK(t->dim() == 1 && t->size(0) == B, "batch_hard_mining_bwd: per-anchor tensors must be [B]");
   for (const Tensor* t : {&grad_dist_ap, &grad_dist_an, &dist_ap, &dist_an})
     STD_TORCH_CHECK(t->scalar_type() == embeddings.scalar_type(), "gradients and distances must have embeddings' dtype");
   check_dtype(p_index, ScalarType::Long, "p_index");

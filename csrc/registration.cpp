@@ -8,13 +8,13 @@ STABLE_TORCH_LIBRARY(reidkern, m) {
       "evaluate_rank(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids, "
       "Tensor g_camids, bool trapezoid) -> (Tensor, Tensor, Tensor)");
   // Batch-hard triplet mining: distances + hardest positive / negative per anchor in one pass, and the
-  // backward over only the 2B chosen pairs (reidkern/ops/batch_hard_mining.py). metric: 0 euclidean,
+  // backward over only the 2B chosen pairs (reidkern/ops/batch_hard_mining.py). metric (csrc/metric.h): 0 euclidean,
   // 1 sqeuclidean, 2 cosine; self_offset: candidate i + self_offset is anchor i itself (-1: none).
   m.def(
-      "batch_hard_mining(Tensor embeddings, Tensor labels, Tensor ref_embeddings, Tensor ref_labels, "
+      "batch_hard_mining_fwd(Tensor embeddings, Tensor labels, Tensor ref_embeddings, Tensor ref_labels, "
       "int metric, int self_offset) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "batch_hard_mining_backward(Tensor grad_dist_ap, Tensor grad_dist_an, Tensor embeddings, "
+      "batch_hard_mining_bwd(Tensor grad_dist_ap, Tensor grad_dist_an, Tensor embeddings, "
       "Tensor ref_embeddings, Tensor dist_ap, Tensor dist_an, Tensor p_index, Tensor n_index, "
       "int metric) -> (Tensor, Tensor)");
   // Template / prototype cross-attention, fused forward and backward

@@ -12,7 +12,8 @@ import torch
 
 from reidkern.data.paths import reid_mini_dir
 from reidkern.data.transforms import preprocess_batch
-from reidkern.metrics import evaluate_rank, pairwise_distance
+from reidkern.metrics import evaluate_rank
+from reidkern.metrics.distance import ranking_distance
 from reidkern.models.demo import ONNX_NAME, osnet_on_crops, query_gallery_split
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
 
@@ -74,7 +75,7 @@ def run(data_dir=None, metric="cosine", log=print):
         qf, gf, q_pids, g_pids, q_camids, g_camids = synthetic_features()
         source = "synthetic identity-clustered features (no data path given)"
     t_embed = time.perf_counter() - t0
-    distmat = pairwise_distance(qf, gf, metric)
+    distmat = ranking_distance(qf, gf, metric)
     t1 = time.perf_counter()
     result = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=10)
     t_eval = time.perf_counter() - t1

@@ -208,13 +208,13 @@ def test_torchreid_loop_oracle_agrees():
 def test_opcheck(device, backend):
     x, labels, y, ly = (t.to(device) for t in make_case(9, 5, num_ids=3, seed=11, dtype=torch.float64, m=7))
     for metric in range(3):
-        opcheck(torch.ops.reidkern.batch_hard_mining.default,
+        opcheck(torch.ops.reidkern.batch_hard_mining_fwd.default,
                 (x.clone().requires_grad_(), labels, y.clone().requires_grad_(), ly, metric, -1))
-        opcheck(torch.ops.reidkern.batch_hard_mining.default,
+        opcheck(torch.ops.reidkern.batch_hard_mining_fwd.default,
                 (x.float().requires_grad_(), labels, x.float(), labels, metric, 0))
-        out = torch.ops.reidkern.batch_hard_mining(x, labels, y, ly, metric, -1)
+        out = torch.ops.reidkern.batch_hard_mining_fwd(x, labels, y, ly, metric, -1)
         g = torch.randn(9, dtype=torch.float64).to(device)
-        opcheck(torch.ops.reidkern.batch_hard_mining_backward.default,
+        opcheck(torch.ops.reidkern.batch_hard_mining_bwd.default,
                 (g, g.flip(0), x, y, out[0], out[1], out[2], out[3], metric))
 
 

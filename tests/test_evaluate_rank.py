@@ -7,6 +7,7 @@ import torch
 
 import reidkern
 from reidkern.metrics import evaluate_features, evaluate_rank, pairwise_distance
+from reidkern.metrics.distance import ranking_distance
 from reidkern.ops import evaluate_rank_per_query
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
 from reidkern.testing import assert_close, device_backend_cases, opcheck
@@ -135,9 +136,14 @@ def test_evaluate_features_tiles_match_full_matrix(metric):
 
 def test_pairwise_distance_definitions():
     x, y = torch.randn(5, 8, dtype=torch.float64), torch.randn(7, 8, dtype=torch.float64)
-    assert_close(pairwise_distance(x, y), torch.cdist(x, y) ** 2)
+    assert_close(pairwise_distance(x, y), torch.cdist(x, y))  # one meaning per name (reidkern/_metric.py)
+    assert_close(pairwise_distance(x, y, "sqeuclidean"), torch.cdist(x, y) ** 2)
     cos = torch.nn.functional.cosine_similarity(x[:, None], y[None], dim=2)
     assert_close(pairwise_distance(x, y, "cosine"), 1 - cos)
+    for metric in ("euclidean", "sqeuclidean", "cosine"):  # ranking_distance ranks as the metric does
+        assert torch.equal(ranking_distance(x, y, metric).argsort(1), pairwise_distance(x, y, metric).argsort(1))
+    with pytest.raises(ValueError, match="metric must be one of"):
+        pairwise_distance(x, y, "manhattan")
 
 
 # ---- bad input ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// CPU kernels of reidkern::batch_hard_mining and its backward.
+// CPU kernels of reidkern::batch_hard_mining_fwd and _bwd.
 //
 // Forward: anchors are processed in row tiles. For a tile, the Gram block X_tile · Rᵀ comes from
 // torch's matmul (BLAS), then each anchor row is turned into distances and mined in one pass over
@@ -21,10 +21,8 @@
 namespace reidkern {
 namespace {
 
-constexpr int64_t kEuclidean = 0, kSqEuclidean = 1, kCosine = 2;
+// Metric codes, kSqClamp and kNormEps: csrc/metric.h.
 constexpr int64_t kTileElems = int64_t(1) << 20;  // Gram values per tile (4 MiB in float32)
-constexpr double kSqClamp = 1e-12;                 // euclidean = sqrt(clamp(sq, min=1e-12))
-constexpr double kNormEps = 1e-12;                 // cosine: x / max(|x|, 1e-12) (F.normalize)
 
 template <typename scalar_t>
 void sum_squares(const scalar_t* x, int64_t n, int64_t d, std::vector<scalar_t>& out) {
@@ -39,7 +37,7 @@ void sum_squares(const scalar_t* x, int64_t n, int64_t d, std::vector<scalar_t>&
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_fwd_cpu(
     const Tensor& embeddings, const Tensor& labels, const Tensor& ref_embeddings,
     const Tensor& ref_labels, int64_t metric, int64_t self_offset) {
   check_mining_inputs(embeddings, labels, ref_embeddings, ref_labels, metric);
@@ -57,7 +55,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_cpu(
   int64_t* ni = n_index.mutable_data_ptr<int64_t>();
   const int64_t* lxp = lx.const_data_ptr<int64_t>();
   const int64_t* lyp = ly.const_data_ptr<int64_t>();
-  REIDKERN_DISPATCH_FLOATING(x, "batch_hard_mining", [&] {
+  REIDKERN_DISPATCH_FLOATING(x, "batch_hard_mining_fwd", [&] {
     scalar_t* ap = static_cast<scalar_t*>(dist_ap.mutable_data_ptr());
     scalar_t* an = static_cast<scalar_t*>(dist_an.mutable_data_ptr());
     const scalar_t* xp = static_cast<const scalar_t*>(x.const_data_ptr());
@@ -144,7 +142,7 @@ void pair_coefficients(const scalar_t* xi, const scalar_t* yj, int64_t D, scalar
   c[0] = s, c[1] = -s, c[2] = -s, c[3] = s;
 }
 
-std::tuple<Tensor, Tensor> batch_hard_mining_backward_cpu(
+std::tuple<Tensor, Tensor> batch_hard_mining_bwd_cpu(
     const Tensor& grad_dist_ap, const Tensor& grad_dist_an, const Tensor& embeddings,
     const Tensor& ref_embeddings, const Tensor& dist_ap, const Tensor& dist_an,
     const Tensor& p_index, const Tensor& n_index, int64_t metric) {
@@ -159,7 +157,7 @@ std::tuple<Tensor, Tensor> batch_hard_mining_backward_cpu(
   auto grad_y = torch::stable::new_zeros(y, {M, D});
   if (B == 0 || M == 0) return {torch::stable::new_zeros(x, {B, D}), grad_y};
   auto grad_x = torch::stable::new_empty(x, {B, D});  // every row is written below
-  REIDKERN_DISPATCH_FLOATING(x, "batch_hard_mining_backward", [&] {
+  REIDKERN_DISPATCH_FLOATING(x, "batch_hard_mining_bwd", [&] {
     const scalar_t* xp = static_cast<const scalar_t*>(x.const_data_ptr());
     const scalar_t* yp = static_cast<const scalar_t*>(y.const_data_ptr());
     const scalar_t* grads[2] = {static_cast<const scalar_t*>(gap.const_data_ptr()),
@@ -212,8 +210,8 @@ std::tuple<Tensor, Tensor> batch_hard_mining_backward_cpu(
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(reidkern, CPU, m) {
-  m.impl("batch_hard_mining", TORCH_BOX(&batch_hard_mining_cpu));
-  m.impl("batch_hard_mining_backward", TORCH_BOX(&batch_hard_mining_backward_cpu));
+  m.impl("batch_hard_mining_fwd", TORCH_BOX(&batch_hard_mining_fwd_cpu));
+  m.impl("batch_hard_mining_bwd", TORCH_BOX(&batch_hard_mining_bwd_cpu));
 }
 
 }  // namespace reidkern

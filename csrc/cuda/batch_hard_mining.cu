@@ -1,4 +1,4 @@
-// CUDA kernels of reidkern::batch_hard_mining and its backward.
+// CUDA kernels of reidkern::batch_hard_mining_fwd and _bwd.
 //
 // Forward: one thread block per tile of kTM = 32 anchors. The block walks the candidates in tiles
 // of kTN = 32; for each it builds the 32 x 32 Gram block over D in slices of kBK = 16 through shared
@@ -11,18 +11,12 @@
 // writes grad_x[i]; kernel 2 (one block per candidate j) sums, in anchor order, the contributions of
 // every pair that chose j, so grad_ref is deterministic (no atomics).
 #include "batch_hard_mining.h"
-
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-
-#include <cuda_runtime.h>
+#include "cuda/cuda_utils.h"
 
 namespace reidkern {
 namespace {
 
-constexpr int kTM = 32, kTN = 32, kBK = 16, kThreads = 256;
-constexpr double kSqClamp = 1e-12;
-constexpr double kNormEps = 1e-12;
+constexpr int kTM = 32, kTN = 32, kBK = 16, kThreads = 256;  // metric codes and clamps: csrc/metric.h
 
 template <typename scalar_t>
 __device__ __forceinline__ scalar_t block_sum(scalar_t v, scalar_t* shared) {
@@ -105,13 +99,13 @@ __global__ void __launch_bounds__(kThreads) batch_hard_fwd_kernel(
         const int64_t a = a0 + rr, c = c0 + cc;
         scalar_t d = 0;
         if (a < B && c < M) {
-          if (metric == 2) {
+          if (metric == kCosine) {
             const scalar_t ia = scalar_t(1) / fmax(sqrt(nx[a]), eps);
             const scalar_t ic = scalar_t(1) / fmax(sqrt(ny[c]), eps);
             d = scalar_t(1) - acc[u][v] * ia * ic;
           } else {
             const scalar_t sq = nx[a] + ny[c] - scalar_t(2) * acc[u][v];
-            d = metric == 0 ? sqrt(fmax(sq, sq_clamp)) : fmax(sq, scalar_t(0));
+            d = metric == kEuclidean ? sqrt(fmax(sq, sq_clamp)) : fmax(sq, scalar_t(0));
           }
         }
         Ds[rr][cc] = d;
@@ -162,7 +156,7 @@ __global__ void batch_hard_coef_kernel(
     for (int t = 0; t < 4; ++t) c[kind][t] = 0;
     if (!ok) continue;  // uniform across the block
     const scalar_t* yj = y + j * D;
-    if (metric == 2) {
+    if (metric == kCosine) {
       scalar_t xx = 0, yy = 0, xy = 0;
       for (int64_t k = threadIdx.x; k < D; k += blockDim.x) {
         xx += xi[k] * xi[k];
@@ -182,7 +176,7 @@ __global__ void batch_hard_coef_kernel(
       c[kind][3] = nyr >= eps ? g * cosv / (nyv * nyv) : scalar_t(0);
     } else {
       scalar_t s;
-      if (metric == 1) {
+      if (metric == kSqEuclidean) {
         s = scalar_t(2) * g;
       } else {
         s = dist > sqrt(scalar_t(kSqClamp)) ? g / dist : scalar_t(0);
@@ -226,19 +220,7 @@ __global__ void batch_hard_grad_ref_kernel(const scalar_t* __restrict__ x, const
   }
 }
 
-cudaStream_t current_stream(const Tensor& t) {
-  void* stream_ptr = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream_ptr) == 0,
-                  "batch_hard_mining: could not get the current CUDA stream");
-  return static_cast<cudaStream_t>(stream_ptr);
-}
-
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, what, " kernel launch failed: ", cudaGetErrorString(err));
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_cuda(
+std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_fwd_cuda(
     const Tensor& embeddings, const Tensor& labels, const Tensor& ref_embeddings,
     const Tensor& ref_labels, int64_t metric, int64_t self_offset) {
   check_mining_inputs(embeddings, labels, ref_embeddings, ref_labels, metric);
@@ -253,8 +235,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_cuda(
   auto n_index = torch::stable::empty({B}, ScalarType::Long, std::nullopt, embeddings.device());
   if (B == 0) return {dist_ap, dist_an, p_index, n_index};
   auto norms = torch::stable::new_empty(embeddings, {B + M});
-  auto stream = current_stream(embeddings);
-  REIDKERN_DISPATCH_FLOATING(embeddings, "batch_hard_mining", [&] {
+  auto stream = current_stream(embeddings, "batch_hard_mining_fwd");
+  REIDKERN_DISPATCH_FLOATING(embeddings, "batch_hard_mining_fwd", [&] {
     const scalar_t* xp = static_cast<const scalar_t*>(embeddings.const_data_ptr());
     const scalar_t* yp = static_cast<const scalar_t*>(ref_embeddings.const_data_ptr());
     scalar_t* np = static_cast<scalar_t*>(norms.mutable_data_ptr());
@@ -273,11 +255,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_hard_mining_cuda(
         static_cast<scalar_t*>(dist_an.mutable_data_ptr()), p_index.mutable_data_ptr<int64_t>(),
         n_index.mutable_data_ptr<int64_t>());
   });
-  check_launch("batch_hard_mining");
+  check_launch("batch_hard_mining_fwd");
   return {dist_ap, dist_an, p_index, n_index};
 }
 
-std::tuple<Tensor, Tensor> batch_hard_mining_backward_cuda(
+std::tuple<Tensor, Tensor> batch_hard_mining_bwd_cuda(
     const Tensor& grad_dist_ap, const Tensor& grad_dist_an, const Tensor& embeddings,
     const Tensor& ref_embeddings, const Tensor& dist_ap, const Tensor& dist_an,
     const Tensor& p_index, const Tensor& n_index, int64_t metric) {
@@ -294,8 +276,8 @@ std::tuple<Tensor, Tensor> batch_hard_mining_backward_cuda(
   if (B == 0 || M == 0) return {grad_x, grad_y};
   auto coef = torch::stable::new_empty(x, {8 * B});
   auto cand = torch::stable::empty({2 * B}, ScalarType::Long, std::nullopt, x.device());
-  auto stream = current_stream(x);
-  REIDKERN_DISPATCH_FLOATING(x, "batch_hard_mining_backward", [&] {
+  auto stream = current_stream(x, "batch_hard_mining_bwd");
+  REIDKERN_DISPATCH_FLOATING(x, "batch_hard_mining_bwd", [&] {
     const scalar_t* xp = static_cast<const scalar_t*>(x.const_data_ptr());
     const scalar_t* yp = static_cast<const scalar_t*>(y.const_data_ptr());
     scalar_t* cp = static_cast<scalar_t*>(coef.mutable_data_ptr());
@@ -310,15 +292,15 @@ std::tuple<Tensor, Tensor> batch_hard_mining_backward_cuda(
     batch_hard_grad_ref_kernel<scalar_t><<<static_cast<unsigned>(M), 128, 0, stream>>>(
         xp, yp, cp, candp, B, D, static_cast<scalar_t*>(grad_y.mutable_data_ptr()));
   });
-  check_launch("batch_hard_mining_backward");
+  check_launch("batch_hard_mining_bwd");
   return {grad_x, grad_y};
 }
 
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(reidkern, CUDA, m) {
-  m.impl("batch_hard_mining", TORCH_BOX(&batch_hard_mining_cuda));
-  m.impl("batch_hard_mining_backward", TORCH_BOX(&batch_hard_mining_backward_cuda));
+  m.impl("batch_hard_mining_fwd", TORCH_BOX(&batch_hard_mining_fwd_cuda));
+  m.impl("batch_hard_mining_bwd", TORCH_BOX(&batch_hard_mining_bwd_cuda));
 }
 
 }  // namespace reidkern

@@ -6,11 +6,7 @@
 // Cost per query: O(P * G / threads) time, O(threads) shared memory. Non-finite distances are
 // flagged with first_hit = -2.
 #include "evaluate_rank.h"
-
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-
-#include <cuda_runtime.h>
+#include "cuda/cuda_utils.h"
 
 namespace reidkern {
 namespace {
@@ -109,10 +105,7 @@ std::tuple<Tensor, Tensor, Tensor> evaluate_rank_cuda(const Tensor& distmat, con
   auto all_ap = torch::stable::empty({Q}, ScalarType::Double, std::nullopt, distmat.device());
   auto all_inp = torch::stable::empty({Q}, ScalarType::Double, std::nullopt, distmat.device());
   if (Q == 0) return {first_hit, all_ap, all_inp};
-  void* stream_ptr = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(distmat.get_device_index(), &stream_ptr) == 0,
-                  "evaluate_rank: could not get the current CUDA stream");
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const cudaStream_t stream = current_stream(distmat, "evaluate_rank");
   REIDKERN_DISPATCH_FLOATING(distmat, "evaluate_rank", [&] {
     evaluate_rank_kernel<scalar_t><<<static_cast<unsigned>(Q), kThreads, 0, stream>>>(
         static_cast<const scalar_t*>(distmat.const_data_ptr()), distmat.stride(0),
@@ -121,8 +114,7 @@ std::tuple<Tensor, Tensor, Tensor> evaluate_rank_cuda(const Tensor& distmat, con
         first_hit.mutable_data_ptr<int64_t>(), all_ap.mutable_data_ptr<double>(),
         all_inp.mutable_data_ptr<double>());
   });
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, "evaluate_rank kernel launch failed: ", cudaGetErrorString(err));
+  check_launch("evaluate_rank");
   return {first_hit, all_ap, all_inp};
 }
 

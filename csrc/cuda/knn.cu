@@ -12,11 +12,8 @@
 // block-wide minimum of the list heads ((distance, index) order), and reduces the maxima.
 // Rows are processed in chunks so the scratch stays under ~512 MB.
 #include "knn.h"
+#include "cuda/cuda_utils.h"
 
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-
-#include <cuda_runtime.h>
 #include <math_constants.h>
 
 #include <algorithm>
@@ -214,10 +211,7 @@ std::tuple<Tensor, Tensor, Tensor> knn_cuda(const Tensor& x, const Tensor& y, in
   auto cand_d = torch::stable::empty({chunk * lists * k}, ScalarType::Double, std::nullopt, x.device());
   auto cand_i = torch::stable::empty({chunk * lists * k}, ScalarType::Long, std::nullopt, x.device());
   auto part_max = torch::stable::empty({chunk * lists}, ScalarType::Double, std::nullopt, x.device());
-  void* stream_ptr = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(x.get_device_index(), &stream_ptr) == 0,
-                  "knn: could not get the current CUDA stream");
-  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const cudaStream_t stream = current_stream(x, "knn");
   double* cd = cand_d.mutable_data_ptr<double>();
   int64_t* ci = cand_i.mutable_data_ptr<int64_t>();
   double* pm = part_max.mutable_data_ptr<double>();
@@ -238,8 +232,7 @@ std::tuple<Tensor, Tensor, Tensor> knn_cuda(const Tensor& x, const Tensor& y, in
       launch<scalar_t, 256>(xp, yp, M, ny, dim, kk, index_offset, cd, ci, pm, chunk, od, oi, om, stream);
     }
   });
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, "knn kernel launch failed: ", cudaGetErrorString(err));
+  check_launch("knn");
   return {dist, idx, rmax};
 }
 

@@ -9,11 +9,7 @@
 // dV_j = sum_i P_ij dO_i and dK_j = scale sum_i dS_ij q_i in registers (lanes over D), so no
 // atomics. Shared memory: O(L) per block.
 #include "common.h"
-
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-
-#include <cuda_runtime.h>
+#include "cuda/cuda_utils.h"
 
 #include <limits>
 
@@ -30,16 +26,7 @@ struct Geom {
   int64_t qs0, qs1, qs2, ks0, ks1, ks2, vs0, vs1, vs2;
 };
 
-template <typename T>
-__device__ T warp_sum(T x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-template <typename T>
-__device__ T warp_max(T x) {
-  for (int o = 16; o > 0; o >>= 1) x = max(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
+// warp_sum / warp_max: cuda/cuda_utils.h.
 // Block-wide sum / max (all threads get the result).
 template <typename T, bool MAX>
 __device__ T block_reduce(T x, T* scratch) {
@@ -253,18 +240,6 @@ Geom make_geom(const Tensor& q, const Tensor& k, const Tensor& v) {
   return g;
 }
 
-cudaStream_t current_stream(const Tensor& t) {
-  void* stream_ptr = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream_ptr) == 0,
-                  "template_attention: could not get the current CUDA stream");
-  return static_cast<cudaStream_t>(stream_ptr);
-}
-
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, what, " launch failed: ", cudaGetErrorString(err));
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cuda(
     const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask,
     double scale, bool return_weights) {
@@ -281,7 +256,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cuda(
   const int64_t rows = B * g.H * g.Nq;
   if (rows == 0) return {out, lse, mean, weights};
   const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
-  auto stream = current_stream(q);
+  auto stream = current_stream(q, "template_attention");
   REIDKERN_DISPATCH_FLOATING(q, "template_attention_fwd", [&] {
     using T = scalar_t;
     const size_t smem = size_t(g.L) * sizeof(T);
@@ -311,7 +286,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cuda(
   auto delta = torch::stable::empty({B, g.H, g.Nq}, st, std::nullopt, dev);
   const int64_t rows = B * g.H * g.Nq, keys = B * g.H * g.L;
   const bool* m = mask.has_value() ? mask->const_data_ptr<bool>() : nullptr;
-  auto stream = current_stream(q);
+  auto stream = current_stream(q, "template_attention");
   REIDKERN_DISPATCH_FLOATING(q, "template_attention_bwd", [&] {
     using T = scalar_t;
     const T* gop = static_cast<const T*>(grad_out.const_data_ptr());

@@ -8,11 +8,7 @@
 // sum over the parts p keeping l of (s_lp / Z_p) g_p, every row exactly once (no atomics).
 // Shared memory: O(L + k) per block.
 #include "common.h"
-
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/stable/accelerator.h>
-
-#include <cuda_runtime.h>
+#include "cuda/cuda_utils.h"
 
 #include <limits>
 
@@ -109,7 +105,7 @@ __global__ void bwd_scores_kernel(Geom g, const T* __restrict__ gparts, const T*
     const T* row = tokens + b * g.ts0 + id[t] * g.ts1;
     T acc = T(0);
     for (int64_t c = lane; c < g.C; c += 32) acc += row[c] * gp[c];
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    acc = warp_sum(acc);
     if (lane == 0) a[t] = acc;
   }
   __syncthreads();
@@ -174,13 +170,6 @@ Geom make_geom(const Tensor& scores, const Tensor& tokens, int64_t k) {
   return g;
 }
 
-cudaStream_t current_stream(const Tensor& t) {
-  void* stream_ptr = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream_ptr) == 0,
-                  "topk_token_aggregate: could not get the current CUDA stream");
-  return static_cast<cudaStream_t>(stream_ptr);
-}
-
 std::tuple<Tensor, Tensor, Tensor> topk_token_aggregate_fwd_cuda(const Tensor& scores,
                                                                  const Tensor& tokens, int64_t k) {
   const Geom g = make_geom(scores, tokens, k);
@@ -192,7 +181,7 @@ std::tuple<Tensor, Tensor, Tensor> topk_token_aggregate_fwd_cuda(const Tensor& s
   auto indices = torch::stable::empty({B, g.Np, g.k}, ScalarType::Long, std::nullopt, dev);
   auto selected = torch::stable::empty({B, g.L, g.Np}, st, std::nullopt, dev);
   if (B * g.Np == 0) return {parts, indices, selected};
-  auto stream = current_stream(scores);
+  auto stream = current_stream(scores, "topk_token_aggregate");
   REIDKERN_DISPATCH_FLOATING(scores, "topk_token_aggregate_fwd", [&] {
     using T = scalar_t;
     const size_t smem = size_t(g.L) * (sizeof(T) + 1);
@@ -201,8 +190,7 @@ std::tuple<Tensor, Tensor, Tensor> topk_token_aggregate_fwd_cuda(const Tensor& s
         static_cast<T*>(parts.mutable_data_ptr()), indices.mutable_data_ptr<int64_t>(),
         static_cast<T*>(selected.mutable_data_ptr()));
   });
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, "topk_token_aggregate_fwd launch failed: ", cudaGetErrorString(err));
+  check_launch("topk_token_aggregate_fwd");
   return {parts, indices, selected};
 }
 
@@ -221,7 +209,7 @@ std::tuple<Tensor, Tensor> topk_token_aggregate_bwd_cuda(const Tensor& grad_part
   auto dtokens = torch::stable::empty_like(tokens);
   auto zinv = torch::stable::empty({B, g.Np}, st, std::nullopt, scores.device());
   if (B == 0) return {dscores, dtokens};
-  auto stream = current_stream(scores);
+  auto stream = current_stream(scores, "topk_token_aggregate");
   REIDKERN_DISPATCH_FLOATING(scores, "topk_token_aggregate_bwd", [&] {
     using T = scalar_t;
     const T* gp = static_cast<const T*>(grad_parts.const_data_ptr());
@@ -235,8 +223,7 @@ std::tuple<Tensor, Tensor> topk_token_aggregate_bwd_cuda(const Tensor& grad_part
         static_cast<const T*>(zinv.const_data_ptr()), static_cast<T*>(dtokens.mutable_data_ptr()),
         dtokens.stride(0), dtokens.stride(1));
   });
-  const cudaError_t err = cudaGetLastError();
-  STD_TORCH_CHECK(err == cudaSuccess, "topk_token_aggregate_bwd launch failed: ", cudaGetErrorString(err));
+  check_launch("topk_token_aggregate_bwd");
   return {dscores, dtokens};
 }
 

@@ -4,7 +4,7 @@ import warnings
 
 import torch
 
-from reidkern.metrics.distance import check_metric, pairwise_distance
+from reidkern.metrics.distance import check_metric, ranking_distance
 from reidkern.ops import _validate as V
 from reidkern.ops._backend import resolve_backend
 from reidkern.ops.evaluate_rank import (NonFiniteDistanceError, evaluate_rank_per_query,
@@ -127,15 +127,15 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
                       trapezoid=False, backend=None, tile_rows=None, progress=None) -> RankResult:
     """CMC, mAP and mINP straight from features, without ever holding the Q×G distance matrix.
 
-    Distances (see :func:`reidkern.metrics.distance.pairwise_distance`: squared Euclidean or
-    1 − cosine, in the features' dtype) are computed for a tile of query rows at a time and ranked
+    Distances (see :func:`reidkern.metrics.distance.ranking_distance`: squared Euclidean for
+    "euclidean" and "sqeuclidean", 1 − cosine, in the features' dtype) are computed for a tile of query rows at a time and ranked
     at once; peak extra memory is ``tile_rows × G`` distances (256 MB of float32 by default).
 
     Args:
         qf: [Q, D] query features; gf: [G, D] gallery features (same dtype and device; float16 and
             bfloat16 are computed in float32).
         q_pids, q_camids: [Q]; g_pids, g_camids: [G] integer ids.
-        metric: "euclidean" or "cosine".
+        metric: "euclidean", "sqeuclidean" (the same ranking) or "cosine".
         max_rank, trapezoid, backend: as in :func:`evaluate_rank`.
         tile_rows: query rows per tile (default: fits 256 MB of distances).
         progress: show a tqdm progress bar; default when there is more than one tile.
@@ -184,7 +184,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
     outs = []
     for s in starts:
         e = min(s + rows, num_q)
-        dist = pairwise_distance(qf[s:e], gf, metric)
+        dist = ranking_distance(qf[s:e], gf, metric)
         try:
             outs.append(evaluate_rank_per_query(dist, q_pids[s:e], g_pids, q_camids[s:e],
                                                 g_camids, trapezoid, backend=backend,

@@ -1,9 +1,9 @@
 """reidkern ops: one module per op, each a torch custom op in the ``reidkern`` namespace."""
 from reidkern.ops.batch_hard_mining import BatchHardResult, batch_hard_mining
 from reidkern.ops.evaluate_rank import evaluate_rank_per_query
-from reidkern.ops.knn import knn
+from reidkern.ops.knn import KnnResult, knn
 from reidkern.ops.template_attention import template_attention
-from reidkern.ops.topk_token_aggregate import topk_token_aggregate
+from reidkern.ops.topk_token_aggregate import TopKAggregateResult, topk_token_aggregate
 
-__all__ = ["evaluate_rank_per_query", "batch_hard_mining", "BatchHardResult", "knn",
-           "template_attention", "topk_token_aggregate"]
+__all__ = ["evaluate_rank_per_query", "batch_hard_mining", "BatchHardResult", "knn", "KnnResult",
+           "template_attention", "topk_token_aggregate", "TopKAggregateResult"]

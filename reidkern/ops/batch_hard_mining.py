@@ -1,10 +1,10 @@
-"""Op ``reidkern::batch_hard_mining``: pairwise distances and batch-hard mining in one pass.
+"""Op ``reidkern::batch_hard_mining_fwd`` / ``_bwd``: pairwise distances and batch-hard mining in one pass.
 
 For every anchor, the hardest positive (largest distance among candidates with the same label,
 the anchor itself excluded) and the hardest negative (smallest distance among candidates with
 another label) — Hermans et al. 2017, "In Defense of the Triplet Loss for Person
 Re-Identification", batch-hard mining (L_BH). No mask, sort or distance matrix is kept for the
-backward, which (``reidkern::batch_hard_mining_backward``) touches only the 2B chosen pairs. The
+backward, which (``reidkern::batch_hard_mining_bwd``) touches only the 2B chosen pairs. The
 CPU kernel takes the Gram values from BLAS in row tiles of at most 2^20 values and mines each tile
 at once; the CUDA and Triton kernels keep the Gram block in registers / shared memory.
 
@@ -16,11 +16,11 @@ from typing import NamedTuple
 import torch
 
 from reidkern._library import native_available
+from reidkern.ops import _autograd
 from reidkern.ops import _validate as V
 from reidkern.ops._backend import resolve_backend
-from reidkern.ops.reference.batch_hard_mining import METRICS, batch_hard_mining_reference
-
-METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+from reidkern._metric import Metric
+from reidkern.ops.reference.batch_hard_mining import batch_hard_mining_reference
 
 
 class BatchHardResult(NamedTuple):
@@ -34,58 +34,55 @@ class BatchHardResult(NamedTuple):
 
 
 if native_available():
-    @torch.library.register_fake("reidkern::batch_hard_mining")
+    @torch.library.register_fake("reidkern::batch_hard_mining_fwd")
     def _(embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
         b = embeddings.shape[0]
         return (embeddings.new_empty(b), embeddings.new_empty(b),
                 embeddings.new_empty(b, dtype=torch.int64), embeddings.new_empty(b, dtype=torch.int64))
 
-    @torch.library.register_fake("reidkern::batch_hard_mining_backward")
+    @torch.library.register_fake("reidkern::batch_hard_mining_bwd")
     def _(grad_dist_ap, grad_dist_an, embeddings, ref_embeddings, dist_ap, dist_an, p_index,
           n_index, metric):
         return torch.empty_like(embeddings), torch.empty_like(ref_embeddings)
 
-    def _setup_context(ctx, inputs, output):
+
+def _make_autograd(backward_op):
+    """``(backward, setup_context)`` for a batch_hard_mining forward op (outputs dist_ap, dist_an,
+    p_index, n_index) whose backward op takes (grad_dist_ap, grad_dist_an, embeddings,
+    ref_embeddings, dist_ap, dist_an, p_index, n_index, metric); the C++/CUDA and the Triton
+    forward both get it (reidkern/ops/_autograd.py)."""
+
+    def setup_context(ctx, inputs, output):
         embeddings, _, ref_embeddings, _, metric, _ = inputs
         dist_ap, dist_an, p_index, n_index = output
         ctx.save_for_backward(embeddings, ref_embeddings, dist_ap, dist_an, p_index, n_index)
         ctx.metric = metric
         ctx.mark_non_differentiable(p_index, n_index)
 
-    def _backward(ctx, grad_ap, grad_an, _gp, _gn):
+    def backward(ctx, grad_ap, grad_an, _gp, _gn):
         embeddings, ref_embeddings, dist_ap, dist_an, p_index, n_index = ctx.saved_tensors
         if grad_ap is None:
             grad_ap = torch.zeros_like(dist_ap)
         if grad_an is None:
             grad_an = torch.zeros_like(dist_an)
-        gx, gy = torch.ops.reidkern.batch_hard_mining_backward(
-            grad_ap.contiguous(), grad_an.contiguous(), embeddings, ref_embeddings, dist_ap,
-            dist_an, p_index, n_index, ctx.metric)
+        gx, gy = backward_op(grad_ap.contiguous(), grad_an.contiguous(), embeddings, ref_embeddings,
+                             dist_ap, dist_an, p_index, n_index, ctx.metric)
         return gx, None, gy, None, None, None
 
-    torch.library.register_autograd("reidkern::batch_hard_mining", _backward,
-                                    setup_context=_setup_context)
+    return backward, setup_context
 
 
-class _TritonBatchHard(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
-        from reidkern.triton.batch_hard_mining import batch_hard_mining_triton
-        out = batch_hard_mining_triton(embeddings, labels, ref_embeddings, ref_labels, metric,
-                                       self_offset)
-        ctx.save_for_backward(embeddings, ref_embeddings, *out)
-        ctx.metric = metric
-        ctx.mark_non_differentiable(out[2], out[3])
-        return out
+if native_available():
+    _autograd.register("reidkern::batch_hard_mining_fwd", torch.ops.reidkern.batch_hard_mining_bwd,
+                       _make_autograd)
 
-    @staticmethod
-    def backward(ctx, grad_ap, grad_an, _gp, _gn):
-        from reidkern.triton.batch_hard_mining import batch_hard_mining_backward_triton
-        embeddings, ref_embeddings, dist_ap, dist_an, p_index, n_index = ctx.saved_tensors
-        gx, gy = batch_hard_mining_backward_triton(
-            grad_ap.contiguous(), grad_an.contiguous(), embeddings, ref_embeddings, dist_ap,
-            dist_an, p_index, n_index, ctx.metric)
-        return gx, None, gy, None, None, None
+
+def _triton():
+    """reidkern.triton.batch_hard_mining, its forward op given this op's autograd."""
+    from reidkern.triton import batch_hard_mining as tt
+
+    _autograd.register(tt.batch_hard_mining_triton_fwd, tt.batch_hard_mining_triton_bwd, _make_autograd)
+    return tt
 
 
 def _check_finite(x, name):
@@ -97,8 +94,7 @@ def _check_finite(x, name):
 
 
 def _validate(embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
-    if metric not in METRIC_CODES:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    Metric.from_name(metric)  # ValueError naming the metrics for anything else
     embeddings = V.floating(V.as_tensor(embeddings, "embeddings"), "embeddings")
     V.check_ndim(embeddings, 2, "embeddings", "[B, D]")
     if embeddings.shape[1] == 0:
@@ -173,12 +169,13 @@ def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=Non
     else:
         offset = -1 if self_offset is None else int(self_offset)
     choice = resolve_backend("batch_hard_mining", embeddings.device, backend)
-    code = METRIC_CODES[metric]
+    code = int(Metric.from_name(metric))
     if choice in ("cpp", "cuda"):
-        out = torch.ops.reidkern.batch_hard_mining(embeddings, labels, ref_embeddings, ref_labels,
-                                                   code, offset)
+        out = torch.ops.reidkern.batch_hard_mining_fwd(embeddings, labels, ref_embeddings, ref_labels,
+                                                       code, offset)
     elif choice == "triton":
-        out = _TritonBatchHard.apply(embeddings, labels, ref_embeddings, ref_labels, code, offset)
+        out = _triton().batch_hard_mining_triton_fwd(embeddings, labels, ref_embeddings, ref_labels,
+                                                     code, offset)
     else:
         out = batch_hard_mining_reference(embeddings, labels, ref_embeddings, ref_labels, metric,
                                           offset)

@@ -5,6 +5,8 @@ over all of ``y`` -- what k-reciprocal re-ranking needs without an M x Ny matrix
 csrc/cpu/knn.cpp (BLAS tiles + exact float64 recheck of the candidates), csrc/cuda/knn.cu and
 reidkern/triton/knn.py (tiled float64 distances); oracle in reidkern/ops/reference/knn.py.
 """
+from typing import NamedTuple
+
 import torch
 
 from reidkern._library import native_available
@@ -18,6 +20,14 @@ if native_available():
         m = x.shape[0]
         return (x.new_empty((m, k), dtype=torch.float64), x.new_empty((m, k), dtype=torch.int64),
                 x.new_empty((m,), dtype=torch.float64))
+
+
+class KnnResult(NamedTuple):
+    """Result of :func:`knn` (a tuple: ``d, idx, row_max = knn(...)`` works)."""
+
+    distances: torch.Tensor  #: [M, k] float64 squared distances, nearest first (inf padding)
+    indices: torch.Tensor    #: [M, k] int64 rows of y (+ index_offset), -1 padding
+    row_max: torch.Tensor    #: [M] float64 largest distance of the row over all of y (-inf if y empty)
 
 
 def _features(t, name):
@@ -45,7 +55,7 @@ def knn(x, y, k, index_offset=0, backend=None):
         backend: "cpp" | "cuda" | "triton" | "reference" (see reidkern.ops._backend).
 
     Returns:
-        ``(distances [M, k] float64, indices [M, k] int64, row_max [M] float64)``, nearest first;
+        :class:`KnnResult` ``(distances [M, k] float64, indices [M, k] int64, row_max [M] float64)``, nearest first;
         row_max is -inf when y is empty.
 
     Raises:
@@ -64,8 +74,8 @@ def knn(x, y, k, index_offset=0, backend=None):
         x, y = x.double(), y.double()
     choice = resolve_backend("knn", x.device, backend)
     if choice in ("cpp", "cuda"):
-        return torch.ops.reidkern.knn(x.contiguous(), y.contiguous(), k, int(index_offset))
+        return KnnResult(*torch.ops.reidkern.knn(x.contiguous(), y.contiguous(), k, int(index_offset)))
     if choice == "triton":
         from reidkern.triton.knn import knn_triton
-        return knn_triton(x.contiguous(), y.contiguous(), k, int(index_offset))
-    return knn_reference(x, y, k, int(index_offset))
+        return KnnResult(*knn_triton(x.contiguous(), y.contiguous(), k, int(index_offset)))
+    return KnnResult(*knn_reference(x, y, k, int(index_offset)))

@@ -11,16 +11,18 @@ import math
 import torch
 
 from reidkern._library import native_available
+from reidkern.ops import _autograd
 from reidkern.ops._backend import resolve_backend
 from reidkern.ops.reference.template_attention import template_attention_reference
 
 _OP = "template_attention"
 
 
-def autograd_functions(backward_op):
+def _make_autograd(backward_op):
     """``(backward, setup_context)`` for a template_attention forward op whose outputs are
     (out, lse, mean_logit, weights) and whose backward op takes (grad_out, grad_weights,
-    grad_mean_logit, q, k, v, key_padding_mask, lse, scale); shared by the C++/CUDA and Triton ops."""
+    grad_mean_logit, q, k, v, key_padding_mask, lse, scale); the C++/CUDA and the Triton forward
+    both get it (reidkern/ops/_autograd.py)."""
 
     def setup_context(ctx, inputs, output):
         q, k, v, key_padding_mask, scale, return_weights = inputs
@@ -56,9 +58,16 @@ if native_available():
         B, H, L, D = k.shape
         return q.new_empty(B, H, q.shape[2], D), torch.empty_like(k), torch.empty_like(v)
 
-    _backward, _setup_context = autograd_functions(torch.ops.reidkern.template_attention_bwd)
-    torch.library.register_autograd("reidkern::template_attention_fwd", _backward,
-                                    setup_context=_setup_context)
+    _autograd.register("reidkern::template_attention_fwd", torch.ops.reidkern.template_attention_bwd,
+                       _make_autograd)
+
+
+def _triton():
+    """reidkern.triton.template_attention, its forward op given this op's autograd."""
+    from reidkern.triton import template_attention as tt
+
+    _autograd.register(tt.template_attention_triton_fwd, tt.template_attention_triton_bwd, _make_autograd)
+    return tt
 
 
 def _validate(q, k, v, key_padding_mask, scale):
@@ -161,8 +170,8 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
         q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
         mask = key_padding_mask.contiguous() if key_padding_mask is not None else None
         if choice == "triton":
-            from reidkern.triton.template_attention import template_attention_triton
-            out, _, mean_logit, weights = template_attention_triton(q, k, v, mask, scale, return_weights)
+            out, _, mean_logit, weights = _triton().template_attention_triton(q, k, v, mask, scale,
+                                                                              return_weights)
         else:
             out, _, mean_logit, weights = torch.ops.reidkern.template_attention_fwd(
                 q, k, v, mask, scale, bool(return_weights))

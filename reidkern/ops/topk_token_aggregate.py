@@ -6,14 +6,24 @@ csrc/cuda/topk_token_aggregate.cu, reidkern/triton/topk_token_aggregate.py; orac
 reidkern/ops/reference/topk_token_aggregate.py).
 """
 import math
+from typing import NamedTuple
 
 import torch
 
 from reidkern._library import native_available
+from reidkern.ops import _autograd
 from reidkern.ops._backend import resolve_backend
 from reidkern.ops.reference.topk_token_aggregate import topk_token_aggregate_reference
 
 _OP = "topk_token_aggregate"
+
+
+class TopKAggregateResult(NamedTuple):
+    """Result of :func:`topk_token_aggregate` (a tuple: ``parts, indices, selected = ...`` works)."""
+
+    parts: torch.Tensor     #: [B, Np, C] score-weighted mean of each part's kept tokens
+    indices: torch.Tensor   #: [B, Np, k] int64 kept token indices, by decreasing score
+    selected: torch.Tensor  #: [B, L, Np] the scores where kept, 0 elsewhere (CAL's Ŝ)
 
 if native_available():
     @torch.library.register_fake("reidkern::topk_token_aggregate_fwd")
@@ -26,23 +36,40 @@ if native_available():
     def _(grad_parts, grad_selected, scores, tokens, indices):
         return scores.new_empty(scores.shape), torch.empty_like(tokens)
 
-    def _setup_context(ctx, inputs, output):
+
+def _make_autograd(backward_op):
+    """``(backward, setup_context)`` for a topk_token_aggregate forward op (outputs parts, indices,
+    selected) whose backward op takes (grad_parts, grad_selected, scores, tokens, indices); the
+    C++/CUDA and the Triton forward both get it (reidkern/ops/_autograd.py)."""
+
+    def setup_context(ctx, inputs, output):
         scores, tokens, k = inputs
         _, indices, _ = output
         ctx.save_for_backward(scores, tokens, indices)
         ctx.mark_non_differentiable(indices)
 
-    def _backward(ctx, grad_parts, grad_indices, grad_selected):
+    def backward(ctx, grad_parts, grad_indices, grad_selected):
         scores, tokens, indices = ctx.saved_tensors
         if grad_parts is None:
             grad_parts = scores.new_zeros(scores.shape[0], scores.shape[2], tokens.shape[2])
         grad_selected = grad_selected.contiguous() if grad_selected is not None else None
-        dscores, dtokens = torch.ops.reidkern.topk_token_aggregate_bwd(
-            grad_parts.contiguous(), grad_selected, scores, tokens, indices)
+        dscores, dtokens = backward_op(grad_parts.contiguous(), grad_selected, scores, tokens, indices)
         return dscores, dtokens, None
 
-    torch.library.register_autograd("reidkern::topk_token_aggregate_fwd", _backward,
-                                    setup_context=_setup_context)
+    return backward, setup_context
+
+
+if native_available():
+    _autograd.register("reidkern::topk_token_aggregate_fwd", torch.ops.reidkern.topk_token_aggregate_bwd,
+                       _make_autograd)
+
+
+def _triton():
+    """reidkern.triton.topk_token_aggregate, its forward op given this op's autograd."""
+    from reidkern.triton import topk_token_aggregate as tt
+
+    _autograd.register(tt.topk_token_aggregate_triton_fwd, tt.topk_token_aggregate_triton_bwd, _make_autograd)
+    return tt
 
 
 def resolve_k(L, Np, k=None, alpha=None):
@@ -98,7 +125,7 @@ def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
         backend: "cpp", "cuda", "triton" or "reference".
 
     Returns:
-        ``(parts, indices, selected)``: parts [B, Np, C] (differentiable w.r.t. scores and tokens);
+        :class:`TopKAggregateResult` ``(parts, indices, selected)``: parts [B, Np, C] (differentiable w.r.t. scores and tokens);
         indices [B, Np, k] int64, by decreasing score, ties to the lowest token index; selected =
         Ŝ [B, L, Np], the scores where kept and 0 elsewhere (differentiable; CAL's diversity loss
         uses triu(ŜᵀŜ, 1)). A part whose kept scores sum to 0 gets P = 0.
@@ -119,12 +146,11 @@ def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
         if tokens.stride(-1) != 1 and tokens.shape[-1] > 1:
             tokens = tokens.contiguous()
         if choice == "triton":
-            from reidkern.triton.topk_token_aggregate import topk_token_aggregate_triton
-            parts, indices, selected = topk_token_aggregate_triton(scores, tokens, k)
+            parts, indices, selected = _triton().topk_token_aggregate_triton(scores, tokens, k)
         else:
             parts, indices, selected = torch.ops.reidkern.topk_token_aggregate_fwd(scores, tokens, k)
     else:
         parts, indices, selected = topk_token_aggregate_reference(scores, tokens, k)
     if parts.dtype != in_dtype:
         parts, selected = parts.to(in_dtype), selected.to(in_dtype)
-    return parts, indices, selected
+    return TopKAggregateResult(parts, indices, selected)

@@ -9,13 +9,21 @@ B x M is stored.
 
 Backward: one program per anchor; its two chosen pairs give grad_x[i] directly and grad_y[j] through
 ``tl.atomic_add`` (summation order across anchors is not fixed on GPU).
+Registered as ``reidkern::batch_hard_mining_triton_fwd/_bwd`` (torch.library.triton_op).
 """
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
-_SQ_CLAMP = 1e-12
-_NORM_EPS = 1e-12
+from reidkern._metric import NORM_EPS, SQ_CLAMP, Metric
+
+# Kernels read module globals only when they are tl.constexpr.
+_EUCLIDEAN = tl.constexpr(int(Metric.EUCLIDEAN))
+_SQEUCLIDEAN = tl.constexpr(int(Metric.SQEUCLIDEAN))
+_COSINE = tl.constexpr(int(Metric.COSINE))
+_SQ_CLAMP = tl.constexpr(SQ_CLAMP)
+_NORM_EPS = tl.constexpr(NORM_EPS)
 
 
 @triton.jit
@@ -36,8 +44,8 @@ def _bhm_fwd_kernel(
         a = tl.load(x_ptr + offs_m[:, None] * sxb + offs_k[None, :] * sxd,
                     mask=in_m[:, None] & (offs_k[None, :] < D), other=0.0)
         nx += tl.sum(a * a, axis=1)
-    if METRIC == 2:
-        nx = 1.0 / tl.maximum(tl.sqrt(nx), 1e-12)
+    if METRIC == _COSINE:
+        nx = 1.0 / tl.maximum(tl.sqrt(nx), _NORM_EPS)
     best_p = tl.full([BLOCK_M], float("-inf"), dtype=dt)
     best_n = tl.full([BLOCK_M], float("inf"), dtype=dt)
     idx_p = tl.full([BLOCK_M], -1, dtype=tl.int64)
@@ -60,12 +68,12 @@ def _bhm_fwd_kernel(
             else:
                 acc += tl.dot(a, tl.trans(b), input_precision="ieee")
             ny += tl.sum(b * b, axis=1)
-        if METRIC == 2:
-            d = 1.0 - acc * nx[:, None] * (1.0 / tl.maximum(tl.sqrt(ny), 1e-12))[None, :]
+        if METRIC == _COSINE:
+            d = 1.0 - acc * nx[:, None] * (1.0 / tl.maximum(tl.sqrt(ny), _NORM_EPS))[None, :]
         else:
             sq = nx[:, None] + ny[None, :] - 2.0 * acc
-            if METRIC == 0:
-                d = tl.sqrt(tl.maximum(sq, 1e-12))
+            if METRIC == _EUCLIDEAN:
+                d = tl.sqrt(tl.maximum(sq, _SQ_CLAMP))
             else:
                 d = tl.maximum(sq, 0.0)
         lb = tl.load(ly_ptr + offs_n, mask=in_n, other=-1)
@@ -109,7 +117,7 @@ def _bhm_bwd_kernel(
         ok = (j >= 0) & (j < M) & (g != 0.0)
         j = tl.where(ok, j, 0)
         g = tl.where(ok, g, 0.0)
-        if METRIC == 2:
+        if METRIC == _COSINE:
             xx = tl.zeros([BLOCK_D], dtype=g.dtype)
             yy = tl.zeros([BLOCK_D], dtype=g.dtype)
             xy = tl.zeros([BLOCK_D], dtype=g.dtype)
@@ -122,18 +130,18 @@ def _bhm_bwd_kernel(
                 xy += xv * yv
             nxr = tl.sqrt(tl.sum(xx, axis=0))
             nyr = tl.sqrt(tl.sum(yy, axis=0))
-            nx = tl.maximum(nxr, 1e-12)
-            ny = tl.maximum(nyr, 1e-12)
+            nx = tl.maximum(nxr, _NORM_EPS)
+            ny = tl.maximum(nyr, _NORM_EPS)
             cos = tl.sum(xy, axis=0) / (nx * ny)
-            c0 = tl.where(nxr >= 1e-12, g * cos / (nx * nx), 0.0)
+            c0 = tl.where(nxr >= _NORM_EPS, g * cos / (nx * nx), 0.0)
             c1 = -g / (nx * ny)
             c2 = -g / (nx * ny)
-            c3 = tl.where(nyr >= 1e-12, g * cos / (ny * ny), 0.0)
+            c3 = tl.where(nyr >= _NORM_EPS, g * cos / (ny * ny), 0.0)
         else:
-            if METRIC == 1:
+            if METRIC == _SQEUCLIDEAN:
                 s = 2.0 * g
             else:
-                thr = tl.sqrt(tl.zeros_like(dist) + 1e-12)  # the clamped distance itself
+                thr = tl.sqrt(tl.zeros_like(dist) + _SQ_CLAMP)  # the clamped distance itself
                 s = tl.where(dist > thr, g / tl.where(dist > thr, dist, 1.0), 0.0)
             c0 = s
             c1 = -s
@@ -150,8 +158,12 @@ def _bhm_bwd_kernel(
             tl.atomic_add(gy_ptr + j * D + offs, c2 * xv + c3 * yv, mask=m)
 
 
-def batch_hard_mining_triton(embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
-    """Triton implementation; same contract as ``torch.ops.reidkern.batch_hard_mining``."""
+@triton_op("reidkern::batch_hard_mining_triton_fwd", mutates_args=())
+def batch_hard_mining_triton_fwd(embeddings: torch.Tensor, labels: torch.Tensor,
+                                 ref_embeddings: torch.Tensor, ref_labels: torch.Tensor, metric: int,
+                                 self_offset: int
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton implementation; same contract as ``torch.ops.reidkern.batch_hard_mining_fwd``."""
     B, D = embeddings.shape
     M = ref_embeddings.shape[0]
     dev = embeddings.device
@@ -167,7 +179,7 @@ def batch_hard_mining_triton(embeddings, labels, ref_embeddings, ref_labels, met
     block_m, block_n = (16, 16) if fp64 else (32, 32)
     block_k = 16 if fp64 else 32
     grid = (triton.cdiv(B, block_m),)
-    _bhm_fwd_kernel[grid](
+    wrap_triton(_bhm_fwd_kernel)[grid](
         embeddings, ref_embeddings, labels, ref_labels, dist_ap, dist_an, p_index, n_index,
         B, M, D, embeddings.stride(0), embeddings.stride(1), ref_embeddings.stride(0),
         ref_embeddings.stride(1), int(self_offset),
@@ -176,9 +188,13 @@ def batch_hard_mining_triton(embeddings, labels, ref_embeddings, ref_labels, met
     return dist_ap, dist_an, p_index, n_index
 
 
-def batch_hard_mining_backward_triton(grad_dist_ap, grad_dist_an, embeddings, ref_embeddings,
-                                      dist_ap, dist_an, p_index, n_index, metric):
-    """Triton backward; same contract as ``torch.ops.reidkern.batch_hard_mining_backward``.
+@triton_op("reidkern::batch_hard_mining_triton_bwd", mutates_args=())
+def batch_hard_mining_triton_bwd(grad_dist_ap: torch.Tensor, grad_dist_an: torch.Tensor,
+                                 embeddings: torch.Tensor, ref_embeddings: torch.Tensor,
+                                 dist_ap: torch.Tensor, dist_an: torch.Tensor, p_index: torch.Tensor,
+                                 n_index: torch.Tensor, metric: int
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton backward; same contract as ``torch.ops.reidkern.batch_hard_mining_bwd``.
     Where the Euclidean clamp was active (dist == sqrt(1e-12)) the gradient is 0."""
     x = embeddings.contiguous()
     y = ref_embeddings.contiguous()
@@ -188,7 +204,7 @@ def batch_hard_mining_backward_triton(grad_dist_ap, grad_dist_an, embeddings, re
     grad_y = torch.zeros_like(y)
     if B == 0 or M == 0:
         return grad_x, grad_y
-    _bhm_bwd_kernel[(B,)](
+    wrap_triton(_bhm_bwd_kernel)[(B,)](
         x, y, grad_x, grad_y, grad_dist_ap.contiguous(), grad_dist_an.contiguous(),
         dist_ap.contiguous(), dist_an.contiguous(), p_index.contiguous(), n_index.contiguous(),
         M, D, METRIC=int(metric), BLOCK_D=min(1024, triton.next_power_of_2(D)),

@@ -13,8 +13,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from reidkern.ops.template_attention import autograd_functions
-
 
 def _p2(n, lo=16):
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
@@ -225,10 +223,6 @@ def template_attention_triton_bwd(grad_out: torch.Tensor, grad_weights: torch.Te
         HAS_MASK=key_padding_mask is not None, HAS_GW=grad_weights is not None,
         HAS_GM=grad_mean_logit is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd)
     return dq, dk, dv
-
-
-_backward, _setup_context = autograd_functions(template_attention_triton_bwd)
-template_attention_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def template_attention_triton(q, k, v, key_padding_mask, scale, return_weights):

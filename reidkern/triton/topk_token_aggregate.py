@@ -118,25 +118,6 @@ def topk_token_aggregate_triton_bwd(grad_parts: torch.Tensor, grad_selected: tor
     return dscores, dtokens
 
 
-def _setup_context(ctx, inputs, output):
-    scores, tokens, k = inputs
-    ctx.save_for_backward(scores, tokens, output[1])
-    ctx.mark_non_differentiable(output[1])
-
-
-def _backward(ctx, grad_parts, grad_indices, grad_selected):
-    scores, tokens, indices = ctx.saved_tensors
-    if grad_parts is None:
-        grad_parts = scores.new_zeros(scores.shape[0], scores.shape[2], tokens.shape[2])
-    grad_selected = grad_selected.contiguous() if grad_selected is not None else None
-    dscores, dtokens = topk_token_aggregate_triton_bwd(grad_parts.contiguous(), grad_selected,
-                                                       scores, tokens, indices)
-    return dscores, dtokens, None
-
-
-topk_token_aggregate_triton_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
 def topk_token_aggregate_triton(scores, tokens, k):
     """Triton implementation; same contract as ``torch.ops.reidkern.topk_token_aggregate_fwd``."""
     return topk_token_aggregate_triton_fwd(scores, tokens, int(k))

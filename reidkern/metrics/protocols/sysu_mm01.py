@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from reidkern.metrics.distance import check_metric, pairwise_distance
+from reidkern.metrics.distance import check_metric, ranking_distance
 from reidkern.metrics.protocols.common import TrialsResult, check_query_ids
 from reidkern.metrics.rank import RankResult, _check_max_rank, _summarise
 from reidkern.ops import _validate as V
@@ -153,7 +153,7 @@ def evaluate_sysu_mm01(qf, gf, q_pids, g_pids, q_camids, g_camids,
         idx = torch.as_tensor(idx, dtype=torch.int64, device=gf.device)
         if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= gf.shape[0]:
             raise ValueError(f"trials[{t}]: indices must lie in [0, {gf.shape[0]}) and be non-empty")
-        distmat = pairwise_distance(qf, gf[idx], metric)
+        distmat = ranking_distance(qf, gf[idx], metric)
         results.append(evaluate_sysu_mm01_distmat(distmat, q_pids, g_pids[idx], q_camids,
                                                   g_camids[idx], max_rank, missing, backend=backend))
     return TrialsResult.from_trials(results)

@@ -7,28 +7,29 @@ Two formulations the field uses, kept as oracles and benchmark baselines:
   the distance matrix (autograd over all B x M entries).
 * :func:`batch_hard_mining_loop` — torchreid style: one Python iteration per anchor.
 
-Distances (Hermans et al. 2017, "In Defense of the Triplet Loss", L_BH with D = Euclidean):
-``sqeuclidean`` = max(|x|² + |y|² − 2 x·y, 0); ``euclidean`` = sqrt(clamp(|x|² + |y|² − 2 x·y,
-min=1e-12)) as fast-reid and torchreid compute it; ``cosine`` = 1 − x̂·ŷ with x̂ = x / max(|x|, 1e-12)
-(``F.normalize``).
+Distances (Hermans et al. 2017, "In Defense of the Triplet Loss", L_BH with D = Euclidean), as
+reidkern/_metric.py defines them: ``sqeuclidean`` = max(|x|² + |y|² − 2 x·y, 0); ``euclidean`` =
+sqrt(clamp(|x|² + |y|² − 2 x·y, min=SQ_CLAMP)) as fast-reid and torchreid compute it; ``cosine`` =
+1 − x̂·ŷ with x̂ = x / max(|x|, NORM_EPS) (``F.normalize``).
 """
 import torch
 import torch.nn.functional as F
 
-METRICS = ("euclidean", "sqeuclidean", "cosine")
+from reidkern._metric import METRIC_NAMES as METRICS
+from reidkern._metric import NORM_EPS, SQ_CLAMP
 
 
 def pairwise_distance_matrix(x, y, metric="euclidean"):
     """[B, M] distances between the rows of ``x`` [B, D] and ``y`` [M, D] (see module docstring)."""
     if metric == "cosine":
-        return 1.0 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).t()
+        return 1.0 - F.normalize(x, dim=1, eps=NORM_EPS) @ F.normalize(y, dim=1, eps=NORM_EPS).t()
     xx = (x * x).sum(1, keepdim=True)
     yy = (y * y).sum(1, keepdim=True).t()
     sq = xx + yy - 2.0 * (x @ y.t())
     if metric == "sqeuclidean":
         return sq.clamp(min=0)
     if metric == "euclidean":
-        return sq.clamp(min=1e-12).sqrt()
+        return sq.clamp(min=SQ_CLAMP).sqrt()
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
