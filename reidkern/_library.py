@@ -8,6 +8,19 @@ except ImportError as exc:  # not compiled (e.g. a source checkout used without 
     _C = None
     NATIVE_ERROR = f"{type(exc).__name__}: {exc}"
 
+# One op per schema generation: a library built from older sources (an in-place build not redone
+# after csrc/ changed) lacks some of them; the reference then serves, with the reason in build_info.
+_SCHEMA_PROBES = ("batch_hard_mining_fwd", "batch_hard_mining_bwd", "template_attention_fwd",
+                  "topk_token_aggregate_fwd", "knn", "evaluate_rank", "pair_sq_dist")
+if _C is not None:
+    import torch
+
+    _missing = [op for op in _SCHEMA_PROBES if not hasattr(torch.ops.reidkern, op)]
+    if _missing:
+        _C = None
+        NATIVE_ERROR = (f"reidkern._C was built from older sources (it lacks reidkern::{', '.join(_missing)}); "
+                        "rebuild it: pip install . or python setup.py build_ext --inplace")
+
 _warned = set()
 
 
