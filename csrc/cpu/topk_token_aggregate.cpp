@@ -111,8 +111,10 @@ REIDKERN_INLINE void topk_fwd_task(const TopkGeom& g, const T* scores, const T* 
     indices[bp * g.k + t] = l;
     axpy<T>(g.C, s, tokens + b * g.ts0 + l * g.ts1, out);
   }
-  const T inv = z != T(0) ? T(1) / z : T(1);
-  for (int64_t c = 0; c < g.C; ++c) out[c] *= inv;
+  // Divide by Z rather than multiply by 1/Z: a part whose kept softmax scores all underflow has
+  // a denormal Z whose reciprocal overflows to inf (inf * 0 = NaN in the output).
+  const T zz = z != T(0) ? z : T(1);
+  for (int64_t c = 0; c < g.C; ++c) out[c] /= zz;
 }
 
 template <typename T>
@@ -131,7 +133,7 @@ REIDKERN_INLINE void topk_bwd_task(const TopkGeom& g, const T* gparts, const T* 
     const T* gp = gparts + (b * Np + p) * C;
     T z = T(0);
     for (int64_t t = 0; t < k; ++t) z += sc[id[t] * g.ss1];
-    const T inv = z != T(0) ? T(1) / z : T(1);
+    const T zz = z != T(0) ? z : T(1);  // divided by, never inverted (see topk_fwd_task)
     T abar = T(0);
     for (int64_t t = 0; t < k; ++t) {
       const int64_t l = id[t];
@@ -139,12 +141,12 @@ REIDKERN_INLINE void topk_bwd_task(const TopkGeom& g, const T* gparts, const T* 
       const T a = dot<T>(C, tb + l * g.ts1, gp);
       ds[l * Np + p] = a;  // a_t for now
       abar += s * a;
-      coef[l * Np + p] = s * inv;
+      coef[l * Np + p] = s / zz;
     }
-    abar *= inv;
+    abar /= zz;
     for (int64_t t = 0; t < k; ++t) {
       const int64_t l = id[t];
-      T d = (ds[l * Np + p] - abar) * inv;
+      T d = (ds[l * Np + p] - abar) / zz;
       if (gsel) d += gsel[(b * L + l) * Np + p];
       ds[l * Np + p] = d;
     }

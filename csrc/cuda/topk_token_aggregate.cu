@@ -79,12 +79,12 @@ __global__ void fwd_kernel(Geom g, const T* __restrict__ scores, const T* __rest
   }
   T z = T(0);
   for (int64_t t = 0; t < g.k; ++t) z += kept_w[t];
-  const T inv = z != T(0) ? T(1) / z : T(1);
+  const T zz = z != T(0) ? z : T(1);  // divided by, never inverted: 1/Z overflows for a denormal Z
   const T* tb = tokens + b * g.ts0;
   for (int64_t c = threadIdx.x; c < g.C; c += kThreads) {
     T acc = T(0);
     for (int64_t t = 0; t < g.k; ++t) acc += kept_w[t] * tb[kept[t] * g.ts1 + c];
-    parts[bp * g.C + c] = acc * inv;
+    parts[bp * g.C + c] = acc / zz;
   }
 }
 
@@ -112,21 +112,21 @@ __global__ void bwd_scores_kernel(Geom g, const T* __restrict__ gparts, const T*
   if (threadIdx.x == 0) {
     T z = T(0), abar = T(0);
     for (int64_t t = 0; t < g.k; ++t) z += sc[id[t] * g.ss1];
-    const T inv = z != T(0) ? T(1) / z : T(1);
+    const T zz = z != T(0) ? z : T(1);
     for (int64_t t = 0; t < g.k; ++t) abar += sc[id[t] * g.ss1] * a[t];
-    abar *= inv;
+    abar /= zz;
     for (int64_t t = 0; t < g.k; ++t) {
       const int64_t at = (b * g.L + id[t]) * g.Np + p;
-      dscores[at] = (a[t] - abar) * inv + (gsel ? gsel[at] : T(0));
+      dscores[at] = (a[t] - abar) / zz + (gsel ? gsel[at] : T(0));
     }
-    zbuf[bp] = inv;
+    zbuf[bp] = zz;
   }
 }
 
 template <typename T>
 __global__ void bwd_tokens_kernel(Geom g, const T* __restrict__ gparts,
                                   const T* __restrict__ scores, const int64_t* __restrict__ indices,
-                                  const T* __restrict__ zinv, T* __restrict__ dtokens, int64_t dts0,
+                                  const T* __restrict__ zsum, T* __restrict__ dtokens, int64_t dts0,
                                   int64_t dts1) {
   __shared__ T coef[64];
   const int64_t bl = blockIdx.x, b = bl / g.L, l = bl % g.L;
@@ -137,7 +137,7 @@ __global__ void bwd_tokens_kernel(Geom g, const T* __restrict__ gparts,
       const int64_t* id = indices + (b * g.Np + p) * g.k;
       T cf = T(0);
       for (int64_t t = 0; t < g.k; ++t)
-        if (id[t] == l) cf = scores[b * g.ss0 + l * g.ss1 + p * g.ss2] * zinv[b * g.Np + p];
+        if (id[t] == l) cf = scores[b * g.ss0 + l * g.ss1 + p * g.ss2] / zsum[b * g.Np + p];
       coef[threadIdx.x] = cf;
     }
     __syncthreads();
@@ -207,7 +207,7 @@ std::tuple<Tensor, Tensor> topk_token_aggregate_bwd_cuda(const Tensor& grad_part
   const auto st = scores.scalar_type();
   auto dscores = torch::stable::empty({B, g.L, g.Np}, st, std::nullopt, scores.device());
   auto dtokens = torch::stable::empty_like(tokens);
-  auto zinv = torch::stable::empty({B, g.Np}, st, std::nullopt, scores.device());
+  auto zsum = torch::stable::empty({B, g.Np}, st, std::nullopt, scores.device());
   if (B == 0) return {dscores, dtokens};
   auto stream = current_stream(scores, "topk_token_aggregate");
   REIDKERN_DISPATCH_FLOATING(scores, "topk_token_aggregate_bwd", [&] {
@@ -217,10 +217,10 @@ std::tuple<Tensor, Tensor> topk_token_aggregate_bwd_cuda(const Tensor& grad_part
     bwd_scores_kernel<T><<<static_cast<unsigned>(B * g.Np), kThreads, size_t(g.k) * sizeof(T), stream>>>(
         g, gp, gs, static_cast<const T*>(scores.const_data_ptr()), static_cast<const T*>(tokens.const_data_ptr()),
         indices.const_data_ptr<int64_t>(), static_cast<T*>(dscores.mutable_data_ptr()),
-        static_cast<T*>(zinv.mutable_data_ptr()));
+        static_cast<T*>(zsum.mutable_data_ptr()));
     bwd_tokens_kernel<T><<<static_cast<unsigned>(B * g.L), kThreads, 0, stream>>>(
         g, gp, static_cast<const T*>(scores.const_data_ptr()), indices.const_data_ptr<int64_t>(),
-        static_cast<const T*>(zinv.const_data_ptr()), static_cast<T*>(dtokens.mutable_data_ptr()),
+        static_cast<const T*>(zsum.const_data_ptr()), static_cast<T*>(dtokens.mutable_data_ptr()),
         dtokens.stride(0), dtokens.stride(1));
   });
   check_launch("topk_token_aggregate_bwd");

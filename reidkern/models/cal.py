@@ -148,6 +148,7 @@ class CAL(nn.Module):
         self.register_buffer("matching", torch.arange(num_parts, dtype=torch.int64))
         self.register_buffer("matching_frozen", torch.zeros((), dtype=torch.bool))
         self.match_record = MatchingRecord(num_parts)
+        self.last_matching = None
 
     # --- MatchDistill record (travels in the state_dict as extra state) -------------------------
     def get_extra_state(self):
@@ -279,8 +280,8 @@ class CAL(nn.Module):
         train-mode outputs. L_id: CE of the global logits plus the mean CE of the refined parts'
         logits (self and cross); L_dis: Σ over parts of the per-part classifiers' CE, mean over
         the batch; L_div: Σ triu(ŜᵀŜ, 1), mean over the batch. With ``record`` the step's
-        matching is counted in the MatchDistill record. Returns ``(loss, logs)`` with the float
-        value of each term and ``logs["matching"]`` (a tuple)."""
+        matching is counted in the MatchDistill record (and kept in ``last_matching``, a tuple).
+        Returns ``(loss, logs)`` with the float value of each term."""
         pids, modality, partner = out["pids"], out["modality"], out["partner"]
         Np = self.num_parts
         l_id = F.cross_entropy(out["global_logits"], pids) + F.cross_entropy(
@@ -301,6 +302,7 @@ class CAL(nn.Module):
                  + lam["div"] * l_div)
         logs = dict(loss=float(total.detach()), id=float(l_id.detach()), pcl=float(l_pcl.detach()),
                     kd1=float(l_kd1.detach()), kd2=float(l_kd2.detach()),
-                    dis=float(l_dis.detach()), div=float(l_div.detach()), matching=tuple(perm.tolist()))
+                    dis=float(l_dis.detach()), div=float(l_div.detach()))
+        self.last_matching = tuple(perm.tolist())
         return total, logs
 

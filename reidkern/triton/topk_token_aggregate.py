@@ -37,7 +37,7 @@ def _fwd_kernel(s_ptr, t_ptr, parts_ptr, idx_ptr, sel_ptr, Np, L, C, K,
     in_k = offs_k < K
     kept_w = tl.where(in_k, kept_w, 0.0)
     z = tl.sum(kept_w, axis=0)
-    inv = tl.where(z != 0, 1.0 / tl.where(z != 0, z, 1.0), 1.0)
+    zz = tl.where(z != 0, z, 1.0)  # divided by, never inverted: 1/Z overflows for a denormal Z
     tl.store(idx_ptr + bp * K + offs_k, kept_idx, mask=in_k)
     tl.store(sel_ptr + (b * L + kept_idx) * Np + p, kept_w, mask=in_k)
     for c0 in range(0, C, BLOCK_C):
@@ -45,7 +45,7 @@ def _fwd_kernel(s_ptr, t_ptr, parts_ptr, idx_ptr, sel_ptr, Np, L, C, K,
         in_c = offs_c < C
         rows = tl.load(t_ptr + b * ts0 + kept_idx[:, None] * ts1 + offs_c[None, :],
                        mask=in_k[:, None] & in_c[None, :], other=0.0)
-        acc = tl.sum(rows * kept_w[:, None], axis=0) * inv
+        acc = tl.sum(rows * kept_w[:, None], axis=0) / zz
         tl.store(parts_ptr + bp * C + offs_c, acc, mask=in_c)
 
 
@@ -61,7 +61,7 @@ def _bwd_kernel(gp_ptr, gs_ptr, s_ptr, t_ptr, idx_ptr, ds_ptr, dt_ptr, Np, L, C,
     idx = tl.load(idx_ptr + bp * K + offs_k, mask=in_k, other=0)
     w = tl.load(s_ptr + b * ss0 + idx * ss1 + p * ss2, mask=in_k, other=0.0)
     z = tl.sum(w, axis=0)
-    inv = tl.where(z != 0, 1.0 / tl.where(z != 0, z, 1.0), 1.0)
+    zz = tl.where(z != 0, z, 1.0)  # divided by, never inverted: 1/Z overflows for a denormal Z
     a = tl.zeros((BLOCK_K,), w.dtype)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -71,9 +71,9 @@ def _bwd_kernel(gp_ptr, gs_ptr, s_ptr, t_ptr, idx_ptr, ds_ptr, dt_ptr, Np, L, C,
                        mask=in_k[:, None] & in_c[None, :], other=0.0)
         a += tl.sum(rows * g[None, :], axis=1)
         tl.atomic_add(dt_ptr + b * dts0 + idx[:, None] * dts1 + offs_c[None, :],
-                      (w * inv)[:, None] * g[None, :], mask=in_k[:, None] & in_c[None, :])
-    abar = tl.sum(w * a, axis=0) * inv
-    ds = (a - abar) * inv
+                      (w / zz)[:, None] * g[None, :], mask=in_k[:, None] & in_c[None, :])
+    abar = tl.sum(w * a, axis=0) / zz
+    ds = (a - abar) / zz
     if HAS_GS:
         ds += tl.load(gs_ptr + (b * L + idx) * Np + p, mask=in_k, other=0.0)
     tl.store(ds_ptr + (b * L + idx) * Np + p, ds, mask=in_k)

@@ -1,5 +1,6 @@
 """Built-in recipes; each module registers its recipe(s) on import."""
 
+from . import cal  # noqa: F401
 from . import dpti  # noqa: F401
 from . import la_transformer  # noqa: F401
 from . import lf2  # noqa: F401
