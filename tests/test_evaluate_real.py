@@ -61,8 +61,10 @@ def test_cli_eval_on_npz(tmp_path, capsys):
                  "--rerank", "--k1", "5", "--k2", "2", "--max-rank", "5"]) == 0
     assert "k-reciprocal" in capsys.readouterr().out
     np.savez(tmp_path / "bad.npz", feats=feats)
-    with pytest.raises(SystemExit, match="lacks"):
-        main(["eval", "--query", str(tmp_path / "bad.npz"), "--gallery", str(tmp_path / "g.npz")])
+    capsys.readouterr()
+    assert main(["eval", "--query", str(tmp_path / "bad.npz"), "--gallery", str(tmp_path / "g.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reidkern eval: ") and "lacks" in err and err.count("\n") == 1
 
 
 def test_demo_runs_on_synthetic_features():
