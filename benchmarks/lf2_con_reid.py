@@ -13,6 +13,7 @@ Writes ``out/metrics.jsonl`` (the engine's log) and, with ``--table``, a markdow
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     p.add_argument("--table", default=None)
+    p.add_argument("--skip-baselines", action="store_true", help="no source / zero-shot rows (measured before)")
     p.add_argument("--no-flip", action="store_true",
                    help="no flip averaging of test and clustering features (CPU budget; official: flip)")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW (channels-last is ~25%% faster on CPU)")
@@ -75,7 +77,15 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     rows = []
-    if not args.no_eval:
+    if not args.no_eval and not args.skip_baselines:
+        # The source model itself (OSNet's own 512-d embedding), same query/gallery: the reference.
+        from reidkern.models.backbones import osnet_x0_25
+
+        source = osnet_x0_25(onnx).eval()
+        src = evaluate_target(source, ds, dataclasses.replace(recipe, extract=lambda m, b: m(b["img"])))
+        rows.append({"epoch": "source model (OSNet 512-d embedding, zero-shot)", **src})
+        with open(os.path.join(args.out, "source.json"), "w") as f:
+            json.dump(rows[-1], f)
         zero = evaluate_target(model, ds, recipe)
         rows.append({"epoch": "zero-shot (LF2 heads at init)", **zero, "seconds": round(time.time() - t0)})
         print(json.dumps(rows[-1]), flush=True)
@@ -87,6 +97,13 @@ def main(argv=None):
                                 seed=args.seed, out_dir=args.out, report_quality=True, progress=False,
                                 evaluate=not args.no_eval, cluster_flip=not args.no_flip)
     trainer.fit()
+    if args.gallery_every > 1 and not args.no_eval:
+        # The last teacher on the whole gallery too (the per-epoch scores use every N-th image).
+        full = build_dataset("con-reid", os.path.join(base, "con-reid"))
+        final = evaluate_target(trainer.model, full, recipe)
+        with open(os.path.join(args.out, "final_full_gallery.json"), "w") as f:
+            json.dump({"epoch": f"last (full gallery, {len(full.gallery)} images)", **final}, f)
+        print(json.dumps(final), flush=True)
     rows = rows_from_log(args.out)
     with open(os.path.join(args.out, "table.json"), "w") as f:
         json.dump({"args": vars(args), "rows": rows, "seconds": round(time.time() - t0)}, f, indent=1)
@@ -98,10 +115,11 @@ def rows_from_log(out):
     """Table rows from the run folder: zero-shot row, then per epoch the pseudo-label quality
     (logged at the epoch's start) and the teacher's scores (validated at its end)."""
     rows = []
-    zs = os.path.join(out, "zero_shot.json")
-    if os.path.exists(zs):
-        with open(zs) as f:
-            rows.append(json.load(f))
+    for name in ("source.json", "zero_shot.json"):
+        if os.path.exists(os.path.join(out, name)):
+            with open(os.path.join(out, name)) as f:
+                rows.append(json.load(f))
+    final = os.path.join(out, "final_full_gallery.json")
     quality, scores = {}, {}
     with open(os.path.join(out, "metrics.jsonl")) as f:
         for line in f:
@@ -115,6 +133,9 @@ def rows_from_log(out):
         sc = scores.get(e, {})
         rows.append({"epoch": e, "mAP": sc.get("val_mAP", float("nan")), "R1": sc.get("val_R1", float("nan")),
                      "mINP": sc.get("val_mINP", float("nan")), "step": sc.get("step"), **q})
+    if os.path.exists(final):
+        with open(final) as f:
+            rows.append(json.load(f))
     return rows
 
 
