@@ -53,10 +53,7 @@ class RankResult:
 
 
 def _check_max_rank(max_rank, num_g):
-    if isinstance(max_rank, bool) or not isinstance(max_rank, int):
-        raise TypeError(f"max_rank must be an int, got {type(max_rank).__name__}")
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    max_rank = V.check_int(max_rank, "max_rank", minimum=1)
     if num_g < max_rank:
         warnings.warn(f"max_rank={max_rank} exceeds the gallery size {num_g}; using {num_g}",
                       stacklevel=3)
@@ -145,8 +142,12 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
 
     Raises:
         ValueError: features not 2-D, feature dimensions that differ (or are 0), mismatched
-            devices, NaN/inf features, lengths that disagree, an unknown metric, max_rank < 1.
-        TypeError: non-integer ids.
+            devices, NaN/inf features, lengths that disagree, an unknown metric or backend,
+            max_rank < 1, tile_rows < 1, meta tensors.
+        TypeError: non-integer ids, non-int max_rank or tile_rows.
+
+    Scale: any finite features (their ranking does not depend on a common scale; see the
+    numeric contract in docs/numeric_contract.md).
     """
     check_metric(metric)
     qf = V.floating(V.as_tensor(qf, "qf"), "qf")
@@ -158,12 +159,19 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
                          f"{qf.shape[1]} and {gf.shape[1]}")
     if qf.device != gf.device:
         raise ValueError(f"qf is on {qf.device} but gf is on {gf.device}")
+    V.check_not_meta(qf, "qf")
     if qf.shape[0] == 0 or gf.shape[0] == 0:
         raise ValueError("qf and gf must each hold at least one feature (empty query or gallery)")
     V.check_finite(qf, "qf")
     V.check_finite(gf, "gf")
     if qf.dtype != gf.dtype:
         qf, gf = qf.double(), gf.double()
+    # Rankings are scale-free: features whose largest magnitude is outside [2^-16, 2^16] are
+    # scaled by a power of two (exact), so squared distances and norms neither overflow nor
+    # underflow (float32 features of 1e19 or 1e-25 rank as those of 1 do).
+    e = V.pow2_exponent(V.max_abs(qf, gf), -16, 16)
+    if e:
+        qf, gf = torch.ldexp(qf, qf.new_tensor(-e)), torch.ldexp(gf, gf.new_tensor(-e))
     num_q, num_g = qf.shape[0], gf.shape[0]
     dev = qf.device
     q_pids = V.check_ids(q_pids, num_q, "q_pids", "num_query", dev)
@@ -172,9 +180,7 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
     g_camids = V.check_ids(g_camids, num_g, "g_camids", "num_gallery", dev)
     max_rank = _check_max_rank(max_rank, num_g)
     backend = resolve_backend("evaluate_rank", dev, backend)  # a bad backend fails here, by name
-    rows = tile_rows or _tile_rows(num_g)
-    if not isinstance(rows, int) or rows < 1:
-        raise ValueError(f"tile_rows must be a positive int, got {tile_rows!r}")
+    rows = V.check_tile_rows(tile_rows) or _tile_rows(num_g)
     starts = range(0, num_q, rows)
     if progress is None:
         progress = len(starts) > 1

@@ -31,7 +31,8 @@ def check_ids(x, length: int, name: str, length_doc: str, device) -> torch.Tenso
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    """ValueError naming ``x`` when it holds NaN or inf (meta tensors hold no values: skipped)."""
+    if x.numel() and x.device.type != "meta" and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -44,3 +45,88 @@ def floating(x: torch.Tensor, name: str) -> torch.Tensor:
     if x.dtype.is_complex or x.dtype == torch.bool:
         raise TypeError(f"{name} must be a real-valued tensor, got dtype {x.dtype}")
     return x.double()
+
+
+def check_int(v, name: str, minimum=None, maximum=None) -> int:
+    """A Python or NumPy integer (not bool) within [minimum, maximum], as a Python int."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def check_tile_rows(v, name: str = "tile_rows"):
+    """None (the op's default) or a positive int."""
+    return None if v is None else check_int(v, name, minimum=1)
+
+
+def check_not_meta(x: torch.Tensor, name: str) -> None:
+    """Ops whose output depends on the values (ranking, re-ranking) cannot run on meta tensors."""
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor: this op's result depends on the values "
+                         "(meta tensors carry none)")
+
+
+def check_same_device(pairs) -> None:
+    """ValueError naming the first tensor whose device differs from the first one's."""
+    (n0, t0), *rest = pairs
+    for name, t in rest:
+        if t.device != t0.device:
+            raise ValueError(f"{name} is on {t.device} but {n0} is on {t0.device}; expected one device")
+
+
+def max_abs(*ts: torch.Tensor) -> float:
+    """The largest |value| over the tensors (NaN if any holds NaN; 0 when all are empty)."""
+    vals = [t.detach().abs().max().double().cpu() for t in ts if t.numel()]
+    return float(torch.stack(vals).max()) if vals else 0.0
+
+
+def pow2_exponent(amax: float, low: int, high: int) -> int:
+    """e such that ``x * 2**-e`` brings a largest magnitude ``amax`` outside [2**low, 2**high]
+    into [0.5, 1); 0 when it is already inside (or 0). Scaling by a power of two is exact."""
+    import math
+    if amax == 0 or not math.isfinite(amax) or 2.0 ** low <= amax <= 2.0 ** high:
+        return 0
+    return math.frexp(amax)[1]
+
+
+def finite_magnitudes(named):
+    """max |x| of each named tensor with one device sync; ValueError naming the first one that
+    holds NaN or inf. Returns [] for meta tensors (no values) and inside compiled graphs."""
+    import math
+    if torch.compiler.is_compiling() or any(t.device.type == "meta" for _, t in named):
+        return []
+    with torch.no_grad():
+        vals = [t.detach().abs().amax().double() if t.numel() else
+                torch.zeros((), dtype=torch.float64, device=t.device) for _, t in named]
+        mags = torch.stack(vals).tolist()
+    for (name, t), m in zip(named, mags):
+        if not math.isfinite(m):
+            check_finite(t, name)
+    return mags
+
+
+def compute_max(dtype: torch.dtype) -> float:
+    """Largest finite value of the dtype a kernel computes in (float16/bfloat16 run in float32)."""
+    return torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).max
+
+
+def normalize_rows(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize(x, dim=dim, eps=eps)`` that stays right for huge rows: when the largest
+    |x| is beyond 2^(maxexp/4) (2^32 in float32), x is first scaled by a power of two (exact), so
+    the norm does not overflow to inf (which would turn the rows into zeros). Differentiable."""
+    import math
+    if x.numel() and x.is_floating_point() and x.device.type != "meta" \
+            and not torch.compiler.is_compiling():
+        amax = float(x.detach().abs().max())
+        if math.isfinite(amax) and amax > 2.0 ** (math.frexp(torch.finfo(x.dtype).max)[1] // 4):
+            e = math.frexp(amax)[1]
+            while e:  # steps that keep each power of two inside the dtype's range
+                step = min(60, e)
+                x = x * (2.0 ** -step)
+                e -= step
+    return torch.nn.functional.normalize(x, dim=dim, eps=eps)

@@ -11,6 +11,7 @@ at once; the CUDA and Triton kernels keep the Gram block in registers / shared m
 Kernels: csrc/cpu/batch_hard_mining.cpp, csrc/cuda/batch_hard_mining.cu,
 reidkern/triton/batch_hard_mining.py; oracle in reidkern/ops/reference/batch_hard_mining.py.
 """
+import math
 from typing import NamedTuple
 
 import torch
@@ -89,8 +90,31 @@ def _check_finite(x, name):
     """One pass (a sum) in the common case: any NaN / inf makes the sum non-finite; only then (or on
     overflow of the sum itself) the element-wise check decides."""
     with torch.no_grad():
-        if x.numel() and not bool(torch.isfinite(x.sum())):
+        if x.numel() and x.device.type != "meta" and not bool(torch.isfinite(x.sum())):
             V.check_finite(x, name)
+
+
+def _pow2_mul(t, e):
+    """t * 2**e in steps that never form a power of two outside t's dtype range."""
+    while e:
+        step = max(-60, min(60, e))
+        t = t * (2.0 ** step)
+        e -= step
+    return t
+
+
+def _large_exponent(embeddings, ref_embeddings):
+    """e > 0 when the embeddings are so large (beyond 2^(maxexp/4): 2^32 in float32, 2^256 in
+    float64) that |x|^2 could overflow; they are then mined as x * 2^-e (into [0.5, 1)) and the
+    distances scaled back. 0 otherwise, for meta tensors and inside compiled graphs."""
+    if embeddings.device.type == "meta" or torch.compiler.is_compiling():
+        return 0
+    ts = (embeddings,) if ref_embeddings is None else (embeddings, ref_embeddings)
+    amax = V.max_abs(*ts)
+    max_exponent = math.frexp(torch.finfo(embeddings.dtype).max)[1]
+    if not amax > 2.0 ** (max_exponent // 4):
+        return 0
+    return math.frexp(amax)[1]
 
 
 def _validate(embeddings, labels, ref_embeddings, ref_labels, metric, self_offset):
@@ -115,8 +139,8 @@ def _validate(embeddings, labels, ref_embeddings, ref_labels, metric, self_offse
         embeddings, ref_embeddings = embeddings.to(dtype), ref_embeddings.to(dtype)
         ref_labels = V.check_ids(ref_labels, ref_embeddings.shape[0], "ref_labels",
                                  "M (rows of ref_embeddings)", dev)
-    if self_offset is not None and not isinstance(self_offset, int):
-        raise TypeError(f"self_offset must be an int or None, got {type(self_offset).__name__}")
+    if self_offset is not None:
+        V.check_int(self_offset, "self_offset")
     if not torch.compiler.is_compiling():  # data-dependent checks stay out of compiled graphs
         _check_finite(embeddings, "embeddings")
         if ref_embeddings is not None:
@@ -157,12 +181,21 @@ def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=Non
 
     Raises:
         ValueError: wrong shapes, label / embedding length mismatch, D = 0, NaN or inf, unknown
-            metric, ref_embeddings without ref_labels.
-        TypeError: non-integer labels, non-numeric embeddings.
+            metric, ref_embeddings without ref_labels, distances that overflow the dtype.
+        TypeError: non-integer labels, non-numeric embeddings, a non-int self_offset.
+
+    Scale: embeddings beyond 2^32 (float32) / 2^256 (float64) are mined after an exact
+    power-of-two rescaling and their distances scaled back, so any finite embeddings give the
+    float64 reference's result; a distance that does not fit the dtype raises ValueError. Meta
+    tensors give meta results of the right shapes.
     """
     if validate:
         embeddings, labels, ref_embeddings, ref_labels = _validate(
             embeddings, labels, ref_embeddings, ref_labels, metric, self_offset)
+    e = _large_exponent(embeddings, ref_embeddings)
+    if e:
+        embeddings = _pow2_mul(embeddings, -e)
+        ref_embeddings = None if ref_embeddings is None else _pow2_mul(ref_embeddings, -e)
     if ref_embeddings is None:
         ref_embeddings, ref_labels = embeddings, labels
         offset = 0 if self_offset is None else int(self_offset)
@@ -180,4 +213,11 @@ def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=Non
         out = batch_hard_mining_reference(embeddings, labels, ref_embeddings, ref_labels, metric,
                                           offset)
     dist_ap, dist_an, p_index, n_index = out
+    if e and metric != "cosine":  # cosine is scale-free
+        back = e if metric == "euclidean" else 2 * e
+        dist_ap, dist_an = _pow2_mul(dist_ap, back), _pow2_mul(dist_an, back)
+        if not bool(torch.isfinite(dist_ap).all() & torch.isfinite(dist_an).all()):
+            raise ValueError(f"embeddings: {metric} distances of magnitude beyond "
+                             f"{embeddings.dtype}'s range (largest |x| about 2^{e}); use float64 "
+                             "or rescale the embeddings")
     return BatchHardResult(dist_ap, dist_an, p_index, n_index, (p_index >= 0) & (n_index >= 0))

@@ -26,8 +26,10 @@ class NonFiniteDistanceError(ValueError):
 
 def validate_rank_inputs(distmat, q_pids, g_pids, q_camids, g_camids):
     """Checks and normalises evaluate_rank's inputs; returns them as tensors on distmat's device."""
-    distmat = V.floating(V.as_tensor(distmat, "distmat"), "distmat")
+    # detached: the statistics are not differentiable, and the kernels have no autograd
+    distmat = V.floating(V.as_tensor(distmat, "distmat"), "distmat").detach()
     V.check_ndim(distmat, 2, "distmat", "[num_query, num_gallery]")
+    V.check_not_meta(distmat, "distmat")
     num_q, num_g = distmat.shape
     if num_q == 0:
         raise ValueError("distmat has no query rows (empty query set)")

@@ -33,8 +33,28 @@ class KnnResult(NamedTuple):
 def _features(t, name):
     t = V.floating(V.as_tensor(t, name), name)
     V.check_ndim(t, 2, name, "[num_samples, dim]")
-    V.check_finite(t, name)
     return t
+
+
+# Squared distances of float32 features are exact in the float64 recheck, but the float32 BLAS
+# candidate search needs them inside float32's range: beyond these magnitudes the search runs in
+# float64 instead (same neighbours, same float64 distances). float64 features beyond 2^480 would
+# give inf distances and below 2^-480 (nonzero) underflowing ones: refused.
+_F32_RANGE = (-40, 40)
+_F64_LIMIT = 480
+
+
+def _check_range(x, y):
+    amax = V.max_abs(x, y)
+    if x.dtype == torch.float32:
+        if V.pow2_exponent(amax, *_F32_RANGE):
+            return x.double(), y.double()
+        return x, y
+    if amax > 2.0 ** _F64_LIMIT or 0 < amax < 2.0 ** -_F64_LIMIT:
+        raise ValueError(f"x/y: largest magnitude {amax:.3g} is outside [2^-{_F64_LIMIT}, "
+                         f"2^{_F64_LIMIT}]: squared distances would overflow or underflow float64; "
+                         "rescale the features (the neighbours do not depend on the scale)")
+    return x, y
 
 
 def knn(x, y, k, index_offset=0, backend=None):
@@ -51,7 +71,8 @@ def knn(x, y, k, index_offset=0, backend=None):
         y: [Ny, D] features, same device as x (dtypes unified to the wider one).
         k: neighbours per row (>= 1); rows of a y with fewer than k rows are padded with
             (inf, -1).
-        index_offset: added to the returned indices (y is a slice starting at this row).
+        index_offset: int >= 0 added to the returned indices (y is a slice starting at this
+            row); the padding index stays -1.
         backend: "cpp" | "cuda" | "triton" | "reference" (see reidkern.ops._backend).
 
     Returns:
@@ -59,23 +80,32 @@ def knn(x, y, k, index_offset=0, backend=None):
         row_max is -inf when y is empty.
 
     Raises:
-        ValueError: not 2-D, different feature dimensions, devices that differ, NaN/inf, k < 1.
-        TypeError: non-numeric inputs.
+        ValueError: not 2-D, different feature dimensions, devices that differ, NaN/inf, k < 1,
+            index_offset < 0, float64 features of magnitude beyond 2^480 (or nonzero below
+            2^-480), whose squared distances leave float64's range.
+        TypeError: non-numeric inputs, non-int k or index_offset.
+
+    Range: float32 features of any finite magnitude (beyond [2^-40, 2^40] the search runs in
+    float64). Meta tensors give meta results of the right shapes.
     """
     x = _features(x, "x")
     y = _features(y, "y")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same feature dimension, got {x.shape[1]} and {y.shape[1]}")
     if x.device != y.device:
-        raise ValueError(f"x is on {x.device} but y is on {y.device}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+        raise ValueError(f"x is on device {x.device} but y is on {y.device}; expected one device")
+    k = V.check_int(k, "k", minimum=1)
+    index_offset = V.check_int(index_offset, "index_offset", minimum=0)
     if x.dtype != y.dtype:
         x, y = x.double(), y.double()
     choice = resolve_backend("knn", x.device, backend)
+    if x.device.type != "meta":
+        V.check_finite(x, "x")
+        V.check_finite(y, "y")
+        x, y = _check_range(x, y)
     if choice in ("cpp", "cuda"):
-        return KnnResult(*torch.ops.reidkern.knn(x.contiguous(), y.contiguous(), k, int(index_offset)))
+        return KnnResult(*torch.ops.reidkern.knn(x.contiguous(), y.contiguous(), k, index_offset))
     if choice == "triton":
         from reidkern.triton.knn import knn_triton
-        return KnnResult(*knn_triton(x.contiguous(), y.contiguous(), k, int(index_offset)))
-    return KnnResult(*knn_reference(x, y, k, int(index_offset)))
+        return KnnResult(*knn_triton(x.contiguous(), y.contiguous(), k, index_offset))
+    return KnnResult(*knn_reference(x, y, k, index_offset))

@@ -8,10 +8,12 @@ reidkern/triton/template_attention.py; oracle in reidkern/ops/reference/template
 """
 import math
 
+import numpy as np
 import torch
 
 from reidkern._library import native_available
 from reidkern.ops import _autograd
+from reidkern.ops import _validate as V
 from reidkern.ops._backend import resolve_backend
 from reidkern.ops.reference.template_attention import template_attention_reference
 
@@ -104,8 +106,20 @@ def _validate(q, k, v, key_padding_mask, scale):
             raise ValueError(f"key_padding_mask must be on {q.device}, got {key_padding_mask.device}")
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+    elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"scale must be a Python number or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    # NaN/inf refused; logits scale * q.k bounded by |scale| max|q| max|k| D must fit the compute
+    # dtype (with room for the softmax sums), else they could overflow: refused, never NaN out.
+    mags = V.finite_magnitudes((("q", q), ("k", k), ("v", v)))
+    if mags:
+        bound = abs(scale) * mags[0] * mags[1] * D
+        if bound > V.compute_max(q.dtype) / 2 ** 16:
+            raise ValueError(f"q, k: |scale| * max|q| * max|k| * D = {bound:.3g} exceeds the range of "
+                             f"{q.dtype} computation: the logits could overflow; rescale q or k"
+                             + ("" if q.dtype == torch.float64 else ", or use float64"))
     return float(scale), B
 
 
@@ -154,10 +168,15 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
         TypeError: non-tensor or non-floating q/k/v, mismatched dtypes, a non-bool mask, a
             non-numeric scale.
         ValueError: wrong shapes (q not [B or 1, H, Nq, D] matching k, k not [B or 1, H, L, D],
-            v not k's shape, mask not [B, L]), mismatched devices, an unknown backend.
+            v not k's shape, mask not [B, L]), mismatched devices, an unknown backend, NaN/inf in
+            q, k or v, a non-finite scale, logits that could overflow the compute dtype
+            (|scale| max|q| max|k| D > max / 2^16: about 5e33 in float32).
+
+    Empty input (any of B, H, Nq, L, D = 0) gives the empty or zero output of the formula (no
+    keys: zeros, as for a fully padded row). Meta tensors give meta outputs.
     """
     scale, B = _validate(q, k, v, key_padding_mask, scale)
-    if k.shape[0] == 1 and B > 1:
+    if k.shape[0] == 1 and B != 1:
         # A dictionary shared by the batch: broadcast without a copy; autograd sums its gradient.
         # (Running the batch as B*Nq query rows of one batch instead was tried and was slower on
         # the CPU kernel at LGUR's DGA shape.)
@@ -166,6 +185,10 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
     in_dtype = q.dtype
     if in_dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
+    if q.numel() == 0 or k.numel() == 0:  # empty batch, heads, queries, keys or width
+        choice = "reference"  # no kernel: the strides of empty tensors vary (no unit stride)
+        if key_padding_mask is None and k.shape[2] == 0:  # no keys: as a fully padded row (zeros)
+            key_padding_mask = torch.ones(B, 0, dtype=torch.bool, device=q.device)
     if choice in ("cpp", "cuda", "triton"):
         q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
         mask = key_padding_mask.contiguous() if key_padding_mask is not None else None

@@ -8,10 +8,12 @@ reidkern/ops/reference/topk_token_aggregate.py).
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from reidkern._library import native_available
 from reidkern.ops import _autograd
+from reidkern.ops import _validate as V
 from reidkern.ops._backend import resolve_backend
 from reidkern.ops.reference.topk_token_aggregate import topk_token_aggregate_reference
 
@@ -77,14 +79,17 @@ def resolve_k(L, Np, k=None, alpha=None):
     if (k is None) == (alpha is None):
         raise ValueError("give exactly one of k or alpha")
     if alpha is not None:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.number)):
+            raise TypeError(f"alpha must be a number, got {type(alpha).__name__}")
+        if not 0 < alpha < math.inf:
+            raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+        if Np == 0:
+            raise ValueError("alpha needs Np >= 1 parts (k = ceil(alpha * L / Np)); give k instead")
         k = math.ceil(alpha * L / Np)
         if k > L:
             raise ValueError(f"alpha={alpha} gives k = ceil(alpha*L/Np) = {k} > L = {L}")
         return max(int(k), 1)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = V.check_int(k, "k")
     if k < 1 or k > L:
         raise ValueError(f"k must be in [1, L] = [1, {L}], got {k}")
     return k
@@ -107,8 +112,9 @@ def _validate(scores, tokens):
         raise TypeError(f"scores and tokens must have the same dtype, got {scores.dtype} and {tokens.dtype}")
     if tokens.device != scores.device:
         raise ValueError(f"scores and tokens must be on the same device, got {scores.device} and {tokens.device}")
-    if scores.shape[1] == 0 or scores.shape[2] == 0:
-        raise ValueError(f"scores must have L >= 1 tokens and Np >= 1 parts, got {tuple(scores.shape)}")
+    if scores.shape[1] == 0:
+        raise ValueError(f"scores must have L >= 1 tokens, got shape {tuple(scores.shape)}")
+    return V.finite_magnitudes((("scores", scores), ("tokens", tokens)))
 
 
 def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
@@ -128,20 +134,33 @@ def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
         :class:`TopKAggregateResult` ``(parts, indices, selected)``: parts [B, Np, C] (differentiable w.r.t. scores and tokens);
         indices [B, Np, k] int64, by decreasing score, ties to the lowest token index; selected =
         Ŝ [B, L, Np], the scores where kept and 0 elsewhere (differentiable; CAL's diversity loss
-        uses triu(ŜᵀŜ, 1)). A part whose kept scores sum to 0 gets P = 0.
+        uses triu(ŜᵀŜ, 1)). Where a part's kept scores sum to 0 the divisor is taken as 1
+        (divisor 1: P = Σ Ŝ T, which is 0 when every kept score is 0, as with softmax scores;
+        scores [1, -1] over tokens [1, 2] give -1), in every backend.
+
+    Empty input (B = 0, Np = 0 or C = 0) gives empty outputs; NaN/inf scores or tokens are
+    refused (a NaN has no place in a top-k order). Meta tensors give meta outputs.
 
     Raises:
-        TypeError: non-tensor or non-floating inputs, mismatched dtypes, non-int k.
-        ValueError: wrong shapes, mismatched devices, k outside [1, L], both/neither of k and
-            alpha given, a bad alpha.
+        TypeError: non-tensor or non-floating inputs, mismatched dtypes, non-int k, non-number
+            alpha.
+        ValueError: wrong shapes, L = 0, mismatched devices, k outside [1, L], both/neither of k
+            and alpha given, alpha not positive and finite, NaN/inf in scores or tokens, sums
+            that could overflow (k max|scores| max(|tokens|, 1) > max / 2^16).
     """
-    _validate(scores, tokens)
+    mags = _validate(scores, tokens)
     B, L, Np = scores.shape
     k = resolve_k(L, Np, k, alpha)
+    if mags and k * mags[0] * max(mags[1], 1.0) > V.compute_max(scores.dtype) / 2 ** 16:
+        raise ValueError(f"scores, tokens: k * max|scores| * max|tokens| = "
+                         f"{k * mags[0] * mags[1]:.3g} exceeds the range of {scores.dtype} "
+                         "computation (the weighted sums could overflow); rescale them")
     choice = resolve_backend(_OP, scores.device, backend)
     in_dtype = scores.dtype
     if in_dtype in (torch.float16, torch.bfloat16):
         scores, tokens = scores.float(), tokens.float()
+    if B * Np == 0 or tokens.shape[2] == 0:  # empty output: no kernel (strides of empties vary)
+        choice = "reference"
     if choice in ("cpp", "cuda", "triton"):
         if tokens.stride(-1) != 1 and tokens.shape[-1] > 1:
             tokens = tokens.contiguous()

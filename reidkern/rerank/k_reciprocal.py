@@ -36,17 +36,19 @@ _PROGRESS_MIN_N = 20000  # default: show progress bars from this many samples
 
 # ---- validation ---------------------------------------------------------------------------------
 
+_NO_LAMBDA = object()  # jaccard_distance has no lambda_value
+
+
 def _check_params(k1, k2, lambda_value, num_samples):
-    for name, v in (("k1", k1), ("k2", k2)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if k1 < 1:
-        raise ValueError(f"k1 must be >= 1, got {k1}")
+    k1 = V.check_int(k1, "k1", minimum=1)
+    k2 = V.check_int(k2, "k2")
     if k2 < 1 or k2 > k1 + 1:
         raise ValueError(f"k2 must be in [1, k1 + 1] = [1, {k1 + 1}], got {k2}")
-    if lambda_value is not None:
-        if isinstance(lambda_value, bool) or not isinstance(lambda_value, (int, float, np.floating)):
-            raise TypeError(f"lambda_value must be a number, got {type(lambda_value).__name__}")
+    if lambda_value is not _NO_LAMBDA:
+        if isinstance(lambda_value, (bool, np.bool_)) or not isinstance(
+                lambda_value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"lambda_value must be a number in [0, 1], got "
+                            f"{type(lambda_value).__name__}")
         if not 0.0 <= float(lambda_value) <= 1.0:
             raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
     if num_samples < k1 + 1:
@@ -56,12 +58,29 @@ def _check_params(k1, k2, lambda_value, num_samples):
 
 
 def _check_features(t, name, shape_doc="[num_samples, dim]"):
+    """2-D real features; finiteness and meta are checked by _check_values once devices agree."""
     t = V.floating(V.as_tensor(t, name), name)
     V.check_ndim(t, 2, name, shape_doc)
     if t.shape[1] == 0:
         raise ValueError(f"{name} has feature dimension 0")
-    V.check_finite(t, name)
     return t
+
+
+def _check_values(*named):
+    for name, t in named:
+        V.check_not_meta(t, name)
+        V.check_finite(t, name)
+
+
+# The re-ranked distance is scale-free (distances are divided by each row's maximum): features
+# whose largest magnitude lies outside [2^-16, 2^16] are scaled by a power of two (exact) first,
+# so squared distances neither overflow nor underflow, in float32 or float64.
+_SCALE_LOW, _SCALE_HIGH = -16, 16
+
+
+def _rescaled(amax, *ts):
+    e = V.pow2_exponent(amax, _SCALE_LOW, _SCALE_HIGH)
+    return ts if e == 0 else tuple(torch.ldexp(t, t.new_tensor(-e)) for t in ts)
 
 
 def _progress(it, enabled, desc, total=None):
@@ -191,8 +210,11 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
     Raises:
         ValueError: features not 2-D, different feature dimensions or devices, NaN/inf features,
             k1 < 1, k2 outside [1, k1 + 1], fewer than k1 + 1 samples, lambda_value outside [0, 1],
-            all samples identical (every distance 0).
-        TypeError: non-int k1/k2, non-numeric features.
+            tile_rows < 1, all samples identical (every distance 0), meta tensors.
+        TypeError: non-int k1/k2/tile_rows, a non-number lambda_value, non-numeric features.
+
+    Scale: the result does not depend on the features' scale; any finite float32/float64 features
+    are accepted (a power-of-two rescaling, which is exact, keeps squared distances in range).
     """
     qf = _check_features(qf, "qf", "[num_query, dim]")
     gf = _check_features(gf, "gf", "[num_gallery, dim]")
@@ -201,6 +223,8 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
                          f"{gf.shape[1]}")
     if qf.device != gf.device:
         raise ValueError(f"qf is on {qf.device} but gf is on {gf.device}")
+    _check_values(("qf", qf), ("gf", gf))
+    tile_rows = V.check_tile_rows(tile_rows)
     if qf.shape[0] == 0:
         raise ValueError("qf is empty (no query)")
     device = qf.device
@@ -220,6 +244,7 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
     k1, k2 = _check_params(k1, k2, lambda_value, num_q + num_g)
     lambda_value = float(lambda_value)
     choice = resolve_backend("k_reciprocal", device, backend, supported=_SUPPORTED)
+    qf, gf_all = _rescaled(V.max_abs(qf, gf_all), qf, gf_all)
     g0 = num_q + sum(sizes[:rank])
     g1 = g0 + sizes[rank]
     if choice == "reference":
@@ -246,9 +271,13 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
     Xc = X.cpu()
     V_csr = _encode(ranks, k1, k2, lambda r, c: pair_sq_dist(Xc, r, c) / row_max[r])
 
-    q64 = X[:num_q].double()
+    # |q|^2 + |g|^2 - 2 q.g about the mean of all samples: translation changes no distance, and
+    # about the mean each norm is at most 4 x the row maximum, so the cancellation error stays
+    # ~1e-15 of the normalised distance even for features far from the origin (offset 1e6 etc.).
+    mean = X.double().mean(0)
+    q64 = X[:num_q].double() - mean
     qn = (q64 * q64).sum(1, keepdim=True)
-    g64 = X[g0:g1].double()
+    g64 = X[g0:g1].double() - mean
     gn = (g64 * g64).sum(1)[None, :]
     m_dev = row_max.to(device)
 
@@ -284,7 +313,12 @@ def k_reciprocal_from_distances(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambd
         [Q, G] float32 re-ranked distance (on q_g_dist's device).
 
     Raises:
-        ValueError: shapes that disagree, NaN/inf, and the parameter errors of :func:`k_reciprocal`.
+        ValueError: shapes that disagree, NaN/inf, devices that differ, meta tensors, and the
+            parameter errors of :func:`k_reciprocal`.
+        TypeError: non-numeric distances, and the parameter errors of :func:`k_reciprocal`.
+
+    Scale: as the result is scale-free, any finite distances are accepted (rescaled by a power of
+    two before squaring).
     """
     q_g = V.floating(V.as_tensor(q_g_dist, "q_g_dist"), "q_g_dist")
     q_q = V.floating(V.as_tensor(q_q_dist, "q_q_dist"), "q_q_dist")
@@ -299,12 +333,15 @@ def k_reciprocal_from_distances(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambd
     if tuple(g_g.shape) != (num_g, num_g):
         raise ValueError(f"g_g_dist must be [num_gallery, num_gallery] = [{num_g}, {num_g}], got "
                          f"{tuple(g_g.shape)}")
-    for t, name in ((q_g, "q_g_dist"), (q_q, "q_q_dist"), (g_g, "g_g_dist")):
-        V.check_finite(t, name)
+    V.check_same_device((("q_g_dist", q_g), ("q_q_dist", q_q), ("g_g_dist", g_g)))
+    _check_values(("q_g_dist", q_g), ("q_q_dist", q_q), ("g_g_dist", g_g))
+    tile_rows = V.check_tile_rows(tile_rows)
     k1, k2 = _check_params(k1, k2, lambda_value, num_q + num_g)
     lambda_value = float(lambda_value)
     device = q_g.device
     q_g, q_q, g_g = (t.double().cpu() for t in (q_g, q_q, g_g))
+    # scale-free (columns are normalised by their maximum): a power of two keeps the squares finite
+    q_g, q_q, g_g = _rescaled(V.max_abs(q_g, q_q, g_g), q_g, q_q, g_g)
     if square:
         q_g, q_q, g_g = q_g * q_g, q_q * q_q, g_g * g_g
     N = num_q + num_g
@@ -362,7 +399,7 @@ def k_reciprocal_from_distances(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambd
 
 # ---- all-pairs Jaccard distance -----------------------------------------------------------------
 
-def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile_rows=4096):
+def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile_rows=None):
     """Sparse all-pairs k-reciprocal Jaccard distance, ready for
     ``sklearn.cluster.DBSCAN(metric="precomputed")``.
 
@@ -384,18 +421,22 @@ def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile
         backend: neighbour-search backend (see :func:`k_reciprocal`); "reference" densifies the
             float64 reference (O(N^2) memory).
         progress: tqdm progress bars (default when N >= 20,000).
-        tile_rows: rows per Jaccard tile.
+        tile_rows: rows per Jaccard tile (positive int; default 4096).
 
     Raises:
         ValueError: features not 2-D or with NaN/inf, k1 < 1, k2 outside [1, k1 + 1], fewer than
-            k1 + 1 samples.
+            k1 + 1 samples, tile_rows < 1, a meta tensor.
+        TypeError: non-int k1/k2/tile_rows, non-numeric features.
     """
     import scipy.sparse as sp
 
     X = _check_features(features, "features")
-    k1, k2 = _check_params(k1, k2, None, X.shape[0])
+    _check_values(("features", X))
+    tile_rows = V.check_tile_rows(tile_rows) or 4096
+    k1, k2 = _check_params(k1, k2, _NO_LAMBDA, X.shape[0])
     if X.dtype != torch.float64:
         X = X.float()
+    X, = _rescaled(V.max_abs(X), X)
     X = X.contiguous()
     N = X.shape[0]
     choice = resolve_backend("jaccard_distance", X.device, backend, supported=_SUPPORTED)

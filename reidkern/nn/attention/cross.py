@@ -3,6 +3,7 @@ attention), on the fused ``template_attention`` op."""
 import torch
 from torch import nn
 
+from reidkern.ops import _validate as V
 from reidkern.ops.template_attention import template_attention
 
 
@@ -45,8 +46,15 @@ class TemplateCrossAttention(nn.Module):
                  fold_projections=None):
         super().__init__()
         self.fold_projections = fold_projections
-        context_dim = dim if context_dim is None else context_dim
-        head_dim = dim // num_heads if head_dim is None else head_dim
+        dim = V.check_int(dim, "dim", minimum=1)
+        num_heads = V.check_int(num_heads, "num_heads", minimum=1)
+        context_dim = dim if context_dim is None else V.check_int(context_dim, "context_dim", minimum=1)
+        if head_dim is None:
+            head_dim = dim // num_heads
+            if head_dim == 0:
+                raise ValueError(f"head_dim = dim // num_heads = {dim} // {num_heads} = 0: give "
+                                 "head_dim, or num_heads <= dim")
+        head_dim = V.check_int(head_dim, "head_dim", minimum=1)
         if shared_norm and context_dim != dim:
             raise ValueError(f"shared_norm needs context_dim == dim, got {context_dim} and {dim}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
@@ -118,9 +126,16 @@ class TemplateCrossAttention(nn.Module):
             raise ValueError(f"context must be [B, L, dim] or [L, dim], got {tuple(context.shape)}")
         q_in = query if query.dim() == 3 else query.unsqueeze(0)
         c_in = context if context.dim() == 3 else context.unsqueeze(0)
-        B = max(q_in.shape[0], c_in.shape[0])
-        if q_in.shape[0] not in (1, B) or c_in.shape[0] not in (1, B):
-            raise ValueError(f"query batch {q_in.shape[0]} and context batch {c_in.shape[0]} do not match")
+        # the batch: the first of query, context and mask rows that is not 1 (1 broadcasts; 0 is
+        # an empty batch)
+        sizes = [q_in.shape[0], c_in.shape[0]]
+        if isinstance(key_padding_mask, torch.Tensor) and key_padding_mask.dim() == 2:
+            sizes.append(key_padding_mask.shape[0])
+        B = next((n for n in sizes if n != 1), 1)
+        if any(n not in (1, B) for n in sizes):
+            raise ValueError(f"query batch {q_in.shape[0]}, context batch {c_in.shape[0]}"
+                             + (f" and key_padding_mask rows {sizes[2]}" if len(sizes) > 2 else "")
+                             + " do not match (each must be B or 1)")
         cnorm = self.norm if self.context_norm is None else self.context_norm
         q = self.to_q(self.norm(q_in))  # [Bq, Nq, inner]
         c = cnorm(c_in)
@@ -133,6 +148,8 @@ class TemplateCrossAttention(nn.Module):
                                      return_weights=return_weights, backend=self.backend)
             out, weights = (res if return_weights else (res, None))
         out = out.transpose(1, 2).reshape(B, q.shape[1], self.num_heads * self.head_dim)
+        if q_in.shape[0] != B:  # learned queries broadcast over the batch (B from context or mask)
+            q_in = q_in.expand(B, -1, -1)
         x = q_in + self.dropout(self.to_out(out))
         if self.ffn is not None:
             x = x + self.dropout(self.ffn(self.ffn_norm(x)))

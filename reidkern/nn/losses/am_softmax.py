@@ -20,13 +20,18 @@ def cosface_logits(features, weight, labels=None, margin=0.35, scale=30.0):
 
     Returns: [B, num_classes] logits (features' dtype).
 
-    Raises: ValueError on shape mismatch or labels out of range; TypeError on non-integer labels.
+    Raises: ValueError on shape mismatch, labels out of range, NaN/inf features or weight;
+    TypeError on non-integer labels. Any finite magnitude is accepted (huge rows are normalised
+    after an exact power-of-two scaling).
     """
     V.check_ndim(features, 2, "features", "[B, in_features]")
     V.check_ndim(weight, 2, "weight", "[num_classes, in_features]")
     if features.shape[1] != weight.shape[1]:
         raise ValueError(f"features has {features.shape[1]} features, weight expects {weight.shape[1]}")
-    cos = F.normalize(features, dim=1) @ F.normalize(weight, dim=1).t()
+    if not torch.compiler.is_compiling():
+        V.check_finite(features, "features")
+        V.check_finite(weight, "weight")
+    cos = V.normalize_rows(features, dim=1) @ V.normalize_rows(weight, dim=1).t()
     if labels is None:
         return scale * cos
     labels = V.check_ids(labels, features.shape[0], "labels", "B (rows of features)", features.device)
@@ -69,5 +74,7 @@ class AMSoftmaxLoss(nn.Module):
 
     def forward(self, features, labels):
         logits = self.logits(features, labels)
+        if logits.shape[0] == 0:  # empty batch: zero loss (cross-entropy's mean over none is NaN)
+            return 0 * logits.sum()
         return F.cross_entropy(logits, labels.to(logits.device).long(),
                                label_smoothing=self.label_smoothing)

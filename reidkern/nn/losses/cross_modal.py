@@ -73,8 +73,10 @@ class CrossModalRankingLoss(nn.Module):
             V.check_finite(image, "image")
             V.check_finite(text, "text")
         gen = generator if generator is not None else self.generator
-        sim = F.normalize(image, dim=1) @ F.normalize(text, dim=1).t()
+        sim = V.normalize_rows(image, dim=1) @ V.normalize_rows(text, dim=1).t()
         total = sim.new_zeros(())
+        if sim.shape[0] == 0:  # empty batch: zero loss (still connected to the graph)
+            return total + 0 * sim.sum()
         for s in (sim, sim.t()):
             per, valid = _one_direction(s, labels, self.margin, gen)
             part = torch.where(valid, per, per.new_zeros(())).sum()

@@ -37,11 +37,18 @@ class PartDiversityLoss(nn.Module):
         name = "parts" if self.mode == "cosine" else "scores"
         x = V.floating(V.as_tensor(x, name), name)
         V.check_ndim(x, 3, name, "[B, N, D]" if self.mode == "cosine" else "[B, L, N_p]")
-        if not torch.compiler.is_compiling():
-            V.check_finite(x, name)
+        mags = V.finite_magnitudes(((name, x),))  # NaN/inf refused
+        if mags and self.mode == "overlap":
+            # sum of triu(S^T S): at most L N_p^2 max|S|^2 / 2; beyond the dtype it would be inf
+            bound = x.shape[1] * x.shape[2] ** 2 * mags[0] ** 2
+            if bound > V.compute_max(x.dtype) / 2 ** 16:
+                raise ValueError(f"scores: the overlap sums (up to L * N_p^2 * max|S|^2 = "
+                                 f"{bound:.3g}) exceed {x.dtype}'s range; rescale the scores")
+        if x.shape[0] == 0:  # empty batch: zero loss (a mean over no sample would be NaN)
+            return 0 * x.sum()
         if self.mode == "cosine":
             n = x.shape[1]
-            f = F.normalize(x, dim=2)
+            f = V.normalize_rows(x, dim=2)
             gram = f @ f.transpose(1, 2)  # [B, N, N]
             off = ~torch.eye(n, dtype=torch.bool, device=x.device)
             per = (gram.pow(2) * off).sum((1, 2)) / max(n * (n - 1), 1)

@@ -6,10 +6,17 @@ import torch.nn.functional as F
 from reidkern.distributed import all_gather_no_grad, is_distributed
 from reidkern.nn.losses._common import gather_candidates, masked_mean, mine
 from reidkern.ops import _validate as V
-from reidkern.ops.batch_hard_mining import _validate, batch_hard_mining
+from reidkern.ops.batch_hard_mining import (_large_exponent, _pow2_mul, _validate,
+                                            batch_hard_mining)
 from reidkern.ops.reference.batch_hard_mining import candidate_masks, pairwise_distance_matrix
 
 _MININGS = ("hard", "weighted")
+
+
+def _normalize(x):
+    """F.normalize of the rows, exact for any finite magnitude: rows beyond 2^32 (float32) are
+    scaled by a power of two first, so |x| does not overflow to inf (which would zero them)."""
+    return V.normalize_rows(x, dim=-1)
 
 
 def _check_metric(metric):
@@ -24,7 +31,16 @@ def weighted_example_mining(embeddings, labels, ref_embeddings, ref_labels, self
     negatives (weights are not detached, as in fast-reid; the anchor itself is not a positive,
     and the softmax is exact, without fast-reid's +1e-6 in the normaliser). Needs every pair, so it
     runs eagerly on the [B, M] distance matrix. Returns ``(dist_ap, dist_an, valid)``."""
-    dist = pairwise_distance_matrix(embeddings, ref_embeddings, metric)
+    e = _large_exponent(embeddings, ref_embeddings)  # |x|^2 would overflow: mine x * 2^-e
+    if e:
+        dist = pairwise_distance_matrix(_pow2_mul(embeddings, -e), _pow2_mul(ref_embeddings, -e),
+                                        metric)
+        dist = dist if metric == "cosine" else _pow2_mul(dist, e if metric == "euclidean" else 2 * e)
+        if not bool(torch.isfinite(dist).all()):
+            raise ValueError(f"embeddings: {metric} distances beyond {dist.dtype}'s range (largest "
+                             f"|x| about 2^{e}); use float64 or rescale the embeddings")
+    else:
+        dist = pairwise_distance_matrix(embeddings, ref_embeddings, metric)
     is_pos, is_neg = candidate_masks(labels, ref_labels, self_offset)
     has_pos, has_neg = is_pos.any(1, keepdim=True), is_neg.any(1, keepdim=True)
     neg_inf = dist.new_tensor(float("-inf"))
@@ -79,7 +95,7 @@ class TripletLoss(nn.Module):
 
     def forward(self, embeddings, labels):
         if self.normalize_feature:
-            embeddings = F.normalize(embeddings, dim=-1)
+            embeddings = _normalize(embeddings)
         if self.mining == "hard":
             res = mine(embeddings, labels, self.metric, self.gather, self.backend)[0]
             dist_ap, dist_an, valid = res.dist_ap, res.dist_an, res.valid
@@ -96,7 +112,12 @@ class TripletLoss(nn.Module):
 
 
 def _pair_distance(a, b, metric):
-    """Row-wise distance between ``a`` [B, D] and ``b`` [B, D] by the formulas of batch_hard_mining."""
+    """Row-wise distance between ``a`` [B, D] and ``b`` [B, D] by the formulas of batch_hard_mining
+    (huge rows are scaled by a power of two and the distance scaled back, as the op does)."""
+    e = _large_exponent(a, b) if a.numel() else 0
+    if e:
+        d = _pair_distance(_pow2_mul(a, -e), _pow2_mul(b, -e), metric)
+        return d if metric == "cosine" else _pow2_mul(d, e if metric == "euclidean" else 2 * e)
     if metric == "cosine":
         return 1.0 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1)
     sq = (a * a).sum(1) + (b * b).sum(1) - 2.0 * (a * b).sum(1)
@@ -137,7 +158,7 @@ class SoftTripletLoss(nn.Module):
 
     def forward(self, embeddings, labels, teacher_embeddings=None):
         if self.normalize_feature:
-            embeddings = F.normalize(embeddings, dim=-1)
+            embeddings = _normalize(embeddings)
         res, emb, _, _, _ = mine(embeddings, labels, self.metric, self.gather, self.backend)
         ls = F.log_softmax(torch.stack([res.dist_ap, res.dist_an], dim=1), dim=1)
         if teacher_embeddings is None:
@@ -155,7 +176,7 @@ class SoftTripletLoss(nn.Module):
                                      f"{tuple(emb.shape)} (embeddings)")
                 t = t.to(emb.dtype)
                 if self.normalize_feature:
-                    t = F.normalize(t, dim=-1)
+                    t = _normalize(t)
                 t_ref = all_gather_no_grad(t) if (self.gather and is_distributed()) else t
                 t_ap = _pair_distance(t, t_ref[res.p_index.clamp(min=0)], self.metric)
                 t_an = _pair_distance(t, t_ref[res.n_index.clamp(min=0)], self.metric)

@@ -26,7 +26,7 @@ def template_attention_reference(q, k, v, key_padding_mask=None, scale=None):
     B, L = k.shape[0], k.shape[2]
     if key_padding_mask is None:
         weights = torch.softmax(logits, dim=-1)
-        mean_logit = logits.mean(dim=-1)
+        mean_logit = logits.sum(dim=-1) / max(L, 1)  # no keys (L = 0): 0, as a fully padded row
         return torch.matmul(weights, v), weights, mean_logit
     pad = key_padding_mask.to(torch.bool).view(B, 1, 1, L)
     valid_rows = (~pad).any(dim=-1, keepdim=True)  # [B, 1, 1, 1]

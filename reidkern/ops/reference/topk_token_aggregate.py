@@ -13,8 +13,8 @@ def topk_token_aggregate_reference(scores, tokens, k):
 
     Returns:
         ``(parts [B, Np, C], indices [B, Np, k] int64, selected [B, L, Np])``: indices by decreasing
-        score (ties: lowest index first); selected = Ŝ, the scores where kept and 0 elsewhere. A
-        part whose kept scores sum to 0 gets P = 0.
+        score (ties: lowest index first); selected = Ŝ, the scores where kept and 0 elsewhere. Where
+        a part's kept scores sum to 0 the divisor is 1 (P = Σ Ŝ T).
     """
     B, L, Np = scores.shape
     s = scores.transpose(1, 2)  # [B, Np, L]
