@@ -154,8 +154,8 @@ def cmd_eval(args):
     if args.rerank:
         from reidkern.rerank import k_reciprocal
         if args.metric == "cosine":  # re-ranking over the unit-normalised features (fast-reid's way)
-            qf = torch.nn.functional.normalize(qf.double(), dim=1)
-            gf = torch.nn.functional.normalize(gf.double(), dim=1)
+            from reidkern.ops._validate import normalize_rows  # right for huge rows too
+            qf, gf = normalize_rows(qf.double(), dim=1), normalize_rows(gf.double(), dim=1)
         distmat = k_reciprocal(qf, gf, k1=args.k1, k2=args.k2, lambda_value=args.lambda_value,
                                backend=args.backend)
         result = evaluate_image_reid_distmat(distmat, q_pids, g_pids, q_camids, g_camids,
@@ -343,9 +343,13 @@ def main(argv=None):
     add_commands(sub)  # train, test, extract, show-ranks, export
 
     try:
-        args = ap.parse_args(argv)
+        args, extra = ap.parse_known_args(argv)
     except SystemExit as exc:  # usage error (one line printed, code 2) or -h (code 0)
         return exc.code
+    if extra:  # reported under the command's name, like its other usage errors
+        print(f"reidkern {args.cmd}: unrecognized arguments: {' '.join(extra)} "
+              f"(see reidkern {args.cmd} -h)", file=sys.stderr)
+        return EXIT_USAGE
     return run_command(args.cmd, args.fn, args)
 
 

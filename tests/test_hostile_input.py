@@ -270,3 +270,4 @@ def test_rerank_float64_offset_features():
     want = _ref_rerank(qf, gf, 5, 3)
     got = k_reciprocal(qf, gf, 5, 3)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+

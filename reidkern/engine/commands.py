@@ -71,11 +71,13 @@ def cmd_train(args):
             raise ValueError(f"--{name}: expected a positive integer, got {v}")
     recipe = _recipe(args)
     out = args.out or os.path.join("runs", f"{recipe.name}-{args.dataset}")
-    check_out_dir(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out: {out!r} exists and is a file, not a folder")
     if args.resume and not os.path.isfile(args.resume):
         raise FileNotFoundError(f"--resume: checkpoint {args.resume!r} does not exist")
     ddp = _setup_distributed()
     ds = load_dataset(recipe, args.dataset, args.data)
+    check_out_dir(out)  # created only once the arguments and the data are known to be good
     try:
         res = train(recipe, ds, out, steps=args.steps, epochs=args.epochs, amp=args.amp, resume=args.resume,
                     device=args.device, num_workers=args.workers, eval_before=args.eval_before,
@@ -137,8 +139,10 @@ def cmd_extract(args):
     from reidkern.engine.run import check_out_dir
 
     _threads(args)
-    check_out_dir(args.out)
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out: {args.out!r} exists and is a file, not a folder")
     recipe, model, ds = _model_and_data(args)
+    check_out_dir(args.out)  # created only once the checkpoint and the data are known to be good
     for split, recs in (("query", ds.query), ("gallery", ds.gallery)):
         f = features_of(model, recipe, recs, device=args.device, num_workers=args.workers, desc=split)
         path = save_npz(f, recs, os.path.join(args.out, f"{split}.npz"))

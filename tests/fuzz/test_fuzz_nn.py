@@ -212,6 +212,8 @@ def test_classification_and_diversity_losses(data):
     res, err = outcome(lambda: div(x), ("parts", "scores"))
     if not finite(x):
         assert err is not None
+    elif err is not None:  # overlap sums beyond float32 (huge scores): refused
+        assert mode == "overlap" and "range" in str(err), err
     else:
         assert err is None, err
         want = div(x.double())

@@ -69,7 +69,7 @@ class TopKTokenAggregation(nn.Module):
         logits = bias
         for w, pooled in zip(weights, self.pooled(x)):
             logits = logits + torch.matmul(_token_major(pooled), w.t())  # [B, HW, N_p]
-        return logits.transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:])
+        return logits.transpose(1, 2).reshape(x.shape[0], logits.shape[-1], *x.shape[2:])
 
     def _aggregate(self, logits, x):
         """logits [B, HW, N_p], x channels-last [B, C, H, W] → (parts, scores, selected)."""
@@ -122,7 +122,7 @@ class TopKTokenAggregation(nn.Module):
 def _token_major(x):
     """[B, C, H, W] channels-last → the [B, HW, C] view of the same memory (contiguous), so
     products against it take and give gradients in that layout without copies."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2] * x.shape[3], x.shape[1])
 
 
 def _instance_norm(x, eps=1e-5):
@@ -186,7 +186,7 @@ class TargetAwareAttention(nn.Module):
             raise ValueError(f"token_index values must be in [0, {B}), "
                              f"got [{int(token_index.min())}, {int(token_index.max())}]")
         counts = torch.bincount(token_index, minlength=B)
-        c = int(counts[0])
+        c = int(counts[0]) if B else 0
         if key_padding_mask is None and bool((counts == c).all()) and c > 0:
             # Every map serves the same number c of query sets (CAL: its own and one partner's):
             # group the query sets by map and attend with [B, c·Np] queries over the maps as
