@@ -76,13 +76,18 @@ struct TopkGeom {
   int64_t ts0, ts1;       // tokens strides (channel stride 1)
 };
 
-// Top-k of column p of scores[b]: idx[0..k) by decreasing score, ties by lower index.
+// Top-k of column p of scores[b]: idx[0..k) by decreasing score, ties by lower index. NaN ranks
+// above every number (as torch.sort(descending=True) orders it), so the comparator stays a strict
+// weak ordering -- nth_element/sort with NaN would otherwise be undefined behaviour. The Python
+// layer refuses NaN, but compiled graphs skip that data-dependent check.
 template <typename T>
 REIDKERN_INLINE void select_topk(const TopkGeom& g, const T* sc, std::vector<int64_t>& idx) {
   idx.resize(g.L);
   std::iota(idx.begin(), idx.end(), 0);
   auto before = [&](int64_t a, int64_t b) {
     const T sa = sc[a * g.ss1], sb = sc[b * g.ss1];
+    const bool na = sa != sa, nb = sb != sb;
+    if (na || nb) return na && (!nb || a < b);
     return sa > sb || (sa == sb && a < b);
   };
   if (g.k < g.L) {

@@ -249,6 +249,8 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
     g1 = g0 + sizes[rank]
     if choice == "reference":
         X = torch.cat([qf, gf_all])
+        if bool((X == X[:1]).all()):  # the kernels' row_max check, for the dense path
+            raise ValueError("qf/gf: every sample is identical to every other (all distances are 0)")
         out = ref.k_reciprocal_reference(qf, gf_all, k1, k2, lambda_value,
                                          dist=ref.squared_euclidean_exact(X, X).__array__())
         return out[:, g0 - num_q:g1 - num_q].to(device=device, dtype=torch.float32)
@@ -441,6 +443,8 @@ def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile
     N = X.shape[0]
     choice = resolve_backend("jaccard_distance", X.device, backend, supported=_SUPPORTED)
     if choice == "reference":
+        if bool((X == X[:1]).all()):  # the kernels' row_max check, for the dense path
+            raise ValueError("features: every sample is identical (all distances are 0)")
         dense = ref.jaccard_distance_reference(X, k1, k2).numpy()
         dense = np.maximum(dense, 0.0)
         mask = dense < 1.0
