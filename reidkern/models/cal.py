@@ -77,7 +77,8 @@ class CAL(nn.Module):
             unverified).
         split_after: last modality-specific backbone stage ("stem" = AGW's split, default).
         last_stride: layer4 stride (1: 288×144 → 18×9 tokens).
-        backbone_weights: optional local torchvision ResNet-50 checkpoint (copied into both streams).
+        weights: optional local torchvision ResNet-50 checkpoint (copied into both streams; the CLI's
+            ``--weights``).
         backend: reidkern op backend ("cpp", "cuda", "triton", "reference"; None = device default).
 
     Forward ``model(img, modality, pids=None, partner=None)``:
@@ -102,7 +103,7 @@ class CAL(nn.Module):
     def __init__(self, num_classes, num_parts=6, alpha=0.5, top_k=None, pool_sizes=(1, 3, 5),
                  score_channels=256, attn_dim=256, mlp_hidden=512, margin=0.5, pcl_reduction="mean",
                  lambda_kd1=1.0, lambda_kd2=1.0, lambda_dis=1.0, lambda_div=1.0, split_after="stem",
-                 last_stride=1, backbone_weights=None, backend=None):
+                 last_stride=1, weights=None, backend=None):
         super().__init__()
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
@@ -122,7 +123,7 @@ class CAL(nn.Module):
                            lambda_kd1=lambda_kd1, lambda_kd2=lambda_kd2, lambda_dis=lambda_dis,
                            lambda_div=lambda_div, split_after=split_after, last_stride=last_stride)
 
-        self.backbone = two_stream_resnet50(last_stride=last_stride, weights=backbone_weights,
+        self.backbone = two_stream_resnet50(last_stride=last_stride, weights=weights,
                                             split_after=split_after)
         # One DRM per modality (the paper's ablation: a shared DRM is worse).
         self.drm = nn.ModuleList(

@@ -194,12 +194,15 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=72)
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--max-query-per-cam", type=int, default=2)
+    p.add_argument("--max-test-ids", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="base lr (default 0.1 · batch / 64)")
     p.add_argument("--out", default=None, help="write the result JSON here")
     a = p.parse_args(argv)
     root = a.data or shared_data_dir("con-reid")
     if root is None:
         raise SystemExit("con-reid not found: pass --data")
-    res = run(root, a.steps, a.batch, a.height, a.width, a.trials, a.max_query_per_cam, progress=True)
+    res = run(root, a.steps, a.batch, a.height, a.width, a.trials, a.max_query_per_cam, a.max_test_ids,
+              progress=True, lr=a.lr)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:
