@@ -55,6 +55,21 @@ def backend_override(model: nn.Module, backend: Optional[str]) -> Iterator[nn.Mo
             m.backend = b
 
 
+def eval_features(model: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    """``model(x)`` in eval mode (the caller's mode is restored, even on error); with ``flip``,
+    averaged with ``model`` of the horizontally mirrored image (flip test-time augmentation).
+    ``x``: float [B, 3, H, W]; returns what ``model`` returns for it."""
+    was = model.training
+    model.eval()
+    try:
+        f = model(x)
+        if flip:
+            f = (f + model(x.flip(-1))) / 2
+    finally:
+        model.train(was)
+    return f
+
+
 def split_checkpoint(weights: WeightsLike, model_name: str, own_prefixes, foreign_hint: str) -> dict:
     """A flat state_dict from a file or mapping; ValueError naming ``weights`` when it is empty."""
     sd = as_state_dict(weights)

@@ -20,7 +20,7 @@ from torch import nn
 
 from reidkern.nn import PartDiversityLoss, PartTemplateInit, TemplateCrossAttention, TripletLoss
 
-from ._common import check_float, check_int, check_num_classes, check_pids, not_this_model
+from ._common import check_float, check_int, check_num_classes, check_pids, eval_features, not_this_model
 from .backbones.resnet import STAGE_CHANNELS, STAGES, ResNetTrunk, _check_image
 from .weights import LoadResult, WeightsLike, as_state_dict, load_weights
 
@@ -180,15 +180,7 @@ class DPTI(nn.Module):
     def extract(self, x: torch.Tensor, flip: bool = False) -> torch.Tensor:
         """Test descriptor [B, (N+1)·d] in eval mode (the mode is restored); ``flip`` averages it
         with the descriptor of the mirrored image."""
-        was = self.training
-        self.eval()
-        try:
-            f = self(x)
-            if flip:
-                f = (f + self(x.flip(-1))) / 2
-        finally:
-            self.train(was)
-        return f
+        return eval_features(self, x, flip)
 
     # ---- loss -----------------------------------------------------------------------------
     def loss(self, outputs: Dict[str, torch.Tensor], pids: torch.Tensor):

@@ -24,7 +24,7 @@ from torch import nn
 from reidkern.nn import TripletLoss
 from reidkern.nn.classifiers import PartClassBlocks
 
-from ._common import check_float, check_int, check_num_classes, check_pids, not_this_model
+from ._common import check_float, check_int, check_num_classes, check_pids, eval_features, not_this_model
 from .backbones.vit import VisionTransformer, _pair
 from .weights import LoadResult, WeightsLike, as_state_dict, load_weights
 
@@ -154,15 +154,7 @@ class LATransformer(nn.Module):
         """Test features [B, P·D] in eval mode (mode restored); ``flip`` (default ``flip_test``)
         averages them with those of the mirrored image (the note's retrieval pipeline)."""
         flip = self.flip_test if flip is None else flip
-        was = self.training
-        self.eval()
-        try:
-            f = self(x)
-            if flip:
-                f = (f + self(x.flip(-1))) / 2
-        finally:
-            self.train(was)
-        return f
+        return eval_features(self, x, flip)
 
     # ---- loss -----------------------------------------------------------------------------
     def loss(self, outputs: Dict[str, torch.Tensor], pids: torch.Tensor):
