@@ -8,6 +8,7 @@
 // branch-free compare-and-count the compiler vectorises. Queries with many positives switch to one
 // binary search per negative, O(G log P). A row holding NaN or inf is flagged with first_hit = -2.
 #include "evaluate_rank.h"
+#include "cpu/simd.h"
 
 #include <algorithm>
 #include <utility>
@@ -56,25 +57,23 @@ struct PidGroups {
 };
 
 // Entries of row[0..n) ranked ahead of entry jp at distance d: closer, or as close and earlier.
-// Counts accumulate in 32-bit lanes over blocks of 2^30 (4 or 8 per SIMD op instead of 2) and the
-// function is cloned for AVX2 with a run-time choice, keeping the default build portable.
-#define REIDKERN_COUNT_AHEAD(scalar_t)                                                  \
-  __attribute__((target_clones("avx2", "default"))) int64_t count_ahead(               \
-      const scalar_t* row, int64_t n, int64_t jp, scalar_t d) {                         \
-    int64_t total = 0;                                                                  \
-    constexpr int64_t kBlock = int64_t(1) << 30;                                        \
-    for (int64_t b = 0; b < n; b += kBlock) {                                           \
-      const int64_t e = std::min(n, b + kBlock), mid = std::max(b, std::min(jp, e));    \
-      int32_t c = 0;                                                                    \
-      for (int64_t t = b; t < mid; ++t) c += row[t] <= d;                               \
-      for (int64_t t = mid; t < e; ++t) c += row[t] < d;                                \
-      total += c;                                                                       \
-    }                                                                                   \
-    return total;                                                                       \
+// Counts accumulate in 32-bit lanes over blocks of 2^30 (more lanes per SIMD op than 64-bit
+// counts), and the loop is compiled per instruction set with a run-time choice (cpu/simd.h),
+// keeping the default build portable.
+template <typename scalar_t, int /*VB: unused, the compiler vectorises*/>
+REIDKERN_INLINE int64_t count_ahead_impl(const scalar_t* row, int64_t n, int64_t jp, scalar_t d) {
+  int64_t total = 0;
+  constexpr int64_t kBlock = int64_t(1) << 30;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock), mid = std::max(b, std::min(jp, e));
+    int32_t c = 0;
+    for (int64_t t = b; t < mid; ++t) c += row[t] <= d;
+    for (int64_t t = mid; t < e; ++t) c += row[t] < d;
+    total += c;
   }
-REIDKERN_COUNT_AHEAD(float)
-REIDKERN_COUNT_AHEAD(double)
-#undef REIDKERN_COUNT_AHEAD
+  return total;
+}
+REIDKERN_ISA_CLONES(count_ahead, count_ahead_impl)
 
 // Min and max of each block of kBlock entries of row[0..n).
 constexpr int64_t kBlock = 64;
@@ -105,7 +104,7 @@ int64_t count_ahead_blocked(const scalar_t* row, int64_t n, const scalar_t* bmin
       c += hi - lo;
       continue;
     }
-    c += count_ahead(row + lo, hi - lo, std::max<int64_t>(0, std::min(jp - lo, hi - lo)), d);
+    c += count_ahead<scalar_t>(row + lo, hi - lo, std::max<int64_t>(0, std::min(jp - lo, hi - lo)), d);
   }
   return c;
 }

@@ -10,65 +10,17 @@
 //   dS[b, i_t, p] = (a_t - a_bar) / Z (+ grad of S_hat where kept),
 //   dT[b, l] = sum over parts p keeping l of (s_l / Z_p) g_p   (every row written exactly once).
 // Z = 0 (all kept scores zero) is treated as Z = 1, which gives P = 0.
+// The task loops (axpy, dot over C) are compiled per instruction set (cpu/simd.h).
 #include "common.h"
+#include "cpu/simd.h"
 #include "huge_pages.h"
-
 
 #include <algorithm>
 #include <numeric>
-#include <type_traits>
 #include <vector>
 
 namespace reidkern {
 namespace {
-
-#define REIDKERN_INLINE inline __attribute__((always_inline))
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define REIDKERN_CLONES __attribute__((target_clones("arch=skylake-avx512", "avx2", "default")))
-#else
-#define REIDKERN_CLONES
-#endif
-
-
-template <typename T>
-struct Vec {
-  static constexpr int W = 64 / sizeof(T);
-  typedef T type __attribute__((vector_size(64)));
-};
-
-// y[c] += a * x[c]
-template <typename T>
-REIDKERN_INLINE void axpy(int64_t n, T a, const T* x, T* y) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::W;
-  int64_t c = 0;
-  for (; c + W <= n; c += W) {
-    V xv, yv;
-    __builtin_memcpy(&xv, x + c, sizeof xv);
-    __builtin_memcpy(&yv, y + c, sizeof yv);
-    yv += a * xv;
-    __builtin_memcpy(y + c, &yv, sizeof yv);
-  }
-  for (; c < n; ++c) y[c] += a * x[c];
-}
-
-template <typename T>
-REIDKERN_INLINE T dot(int64_t n, const T* x, const T* y) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::W;
-  V acc = {};
-  int64_t c = 0;
-  for (; c + W <= n; c += W) {
-    V xv, yv;
-    __builtin_memcpy(&xv, x + c, sizeof xv);
-    __builtin_memcpy(&yv, y + c, sizeof yv);
-    acc += xv * yv;
-  }
-  T s = T(0);
-  for (int t = 0; t < W; ++t) s += acc[t];
-  for (; c < n; ++c) s += x[c] * y[c];
-  return s;
-}
 
 struct TopkGeom {
   int64_t B, L, Np, C, k;
@@ -97,24 +49,44 @@ REIDKERN_INLINE void select_topk(const TopkGeom& g, const T* sc, std::vector<int
 }
 
 template <typename T>
-REIDKERN_INLINE void topk_fwd_task(const TopkGeom& g, const T* scores, const T* tokens, T* parts,
-                                   int64_t* indices, T* selected, int64_t bp,
+struct TopkFwdArgs {
+  const T* scores;   // [B, L, Np], strides in TopkGeom
+  const T* tokens;   // [B, L, C], strides in TopkGeom
+  T* parts;          // [B, Np, C] contiguous
+  int64_t* indices;  // [B, Np, k] contiguous
+  T* selected;       // [B, L, Np] contiguous
+};
+
+template <typename T>
+struct TopkBwdArgs {
+  const T* grad_parts;     // [B, Np, C] contiguous
+  const T* grad_selected;  // [B, L, Np] contiguous or nullptr
+  const T* scores;
+  const T* tokens;
+  const int64_t* indices;  // [B, Np, k] contiguous
+  T* dscores;              // [B, L, Np] contiguous
+  T* dtokens;              // tokens' layout: strides dts0, dts1, channel stride 1
+  int64_t dts0, dts1;
+};
+
+template <typename T, int VB>
+REIDKERN_INLINE void topk_fwd_task(const TopkGeom& g, const TopkFwdArgs<T>& a, int64_t bp,
                                    std::vector<int64_t>& idx) {
   const int64_t b = bp / g.Np, p = bp % g.Np;
-  const T* sc = scores + b * g.ss0 + p * g.ss2;
+  const T* sc = a.scores + b * g.ss0 + p * g.ss2;
   select_topk<T>(g, sc, idx);
-  T* out = parts + bp * g.C;
+  T* out = a.parts + bp * g.C;
   for (int64_t c = 0; c < g.C; ++c) out[c] = T(0);
   T z = T(0);
-  T* sel = selected + b * g.L * g.Np + p;
+  T* sel = a.selected + b * g.L * g.Np + p;
   for (int64_t l = 0; l < g.L; ++l) sel[l * g.Np] = T(0);
   for (int64_t t = 0; t < g.k; ++t) {
     const int64_t l = idx[t];
     const T s = sc[l * g.ss1];
     z += s;
     sel[l * g.Np] = s;
-    indices[bp * g.k + t] = l;
-    axpy<T>(g.C, s, tokens + b * g.ts0 + l * g.ts1, out);
+    a.indices[bp * g.k + t] = l;
+    vec::axpy<T, VB>(g.C, s, a.tokens + b * g.ts0 + l * g.ts1, out);
   }
   // Divide by Z rather than multiply by 1/Z: a part whose kept softmax scores all underflow has
   // a denormal Z whose reciprocal overflows to inf (inf * 0 = NaN in the output).
@@ -122,20 +94,18 @@ REIDKERN_INLINE void topk_fwd_task(const TopkGeom& g, const T* scores, const T* 
   for (int64_t c = 0; c < g.C; ++c) out[c] /= zz;
 }
 
-template <typename T>
-REIDKERN_INLINE void topk_bwd_task(const TopkGeom& g, const T* gparts, const T* gsel,
-                                   const T* scores, const T* tokens, const int64_t* indices,
-                                   T* dscores, T* dtokens, int64_t dts0, int64_t dts1, int64_t b,
+template <typename T, int VB>
+REIDKERN_INLINE void topk_bwd_task(const TopkGeom& g, const TopkBwdArgs<T>& a, int64_t b,
                                    std::vector<T>& coef) {
   const int64_t L = g.L, Np = g.Np, C = g.C, k = g.k;
   coef.assign(L * Np, T(0));  // coef[l, p] = s_l / Z_p where part p keeps token l
-  T* ds = dscores + b * L * Np;
+  T* ds = a.dscores + b * L * Np;
   for (int64_t t = 0; t < L * Np; ++t) ds[t] = T(0);
-  const T* tb = tokens + b * g.ts0;
+  const T* tb = a.tokens + b * g.ts0;
   for (int64_t p = 0; p < Np; ++p) {
-    const int64_t* id = indices + (b * Np + p) * k;
-    const T* sc = scores + b * g.ss0 + p * g.ss2;
-    const T* gp = gparts + (b * Np + p) * C;
+    const int64_t* id = a.indices + (b * Np + p) * k;
+    const T* sc = a.scores + b * g.ss0 + p * g.ss2;
+    const T* gp = a.grad_parts + (b * Np + p) * C;
     T z = T(0);
     for (int64_t t = 0; t < k; ++t) z += sc[id[t] * g.ss1];
     const T zz = z != T(0) ? z : T(1);  // divided by, never inverted (see topk_fwd_task)
@@ -143,61 +113,43 @@ REIDKERN_INLINE void topk_bwd_task(const TopkGeom& g, const T* gparts, const T* 
     for (int64_t t = 0; t < k; ++t) {
       const int64_t l = id[t];
       const T s = sc[l * g.ss1];
-      const T a = dot<T>(C, tb + l * g.ts1, gp);
-      ds[l * Np + p] = a;  // a_t for now
-      abar += s * a;
+      const T at = vec::dot<T, VB>(C, tb + l * g.ts1, gp);
+      ds[l * Np + p] = at;  // a_t for now
+      abar += s * at;
       coef[l * Np + p] = s / zz;
     }
     abar /= zz;
     for (int64_t t = 0; t < k; ++t) {
       const int64_t l = id[t];
       T d = (ds[l * Np + p] - abar) / zz;
-      if (gsel) d += gsel[(b * L + l) * Np + p];
+      if (a.grad_selected) d += a.grad_selected[(b * L + l) * Np + p];
       ds[l * Np + p] = d;
     }
   }
-  T* dtb = dtokens + b * dts0;
+  T* dtb = a.dtokens + b * a.dts0;
   for (int64_t l = 0; l < L; ++l) {
-    T* row = dtb + l * dts1;
+    T* row = dtb + l * a.dts1;
     for (int64_t c = 0; c < C; ++c) row[c] = T(0);
     for (int64_t p = 0; p < Np; ++p) {
       const T cf = coef[l * Np + p];
-      if (cf != T(0)) axpy<T>(C, cf, gparts + (b * Np + p) * C, row);
+      if (cf != T(0)) vec::axpy<T, VB>(C, cf, a.grad_parts + (b * Np + p) * C, row);
     }
   }
 }
 
-#define REIDKERN_TOPK_ENTRIES(T, SUFFIX)                                                          \
-  REIDKERN_CLONES void topk_fwd_##SUFFIX(const TopkGeom& g, const T* scores, const T* tokens,     \
-                                         T* parts, int64_t* indices, T* selected, int64_t begin, \
-                                         int64_t end) {                                           \
-    std::vector<int64_t> idx;                                                                     \
-    for (int64_t bp = begin; bp < end; ++bp)                                                      \
-      topk_fwd_task<T>(g, scores, tokens, parts, indices, selected, bp, idx);                     \
-  }                                                                                               \
-  REIDKERN_CLONES void topk_bwd_##SUFFIX(const TopkGeom& g, const T* gparts, const T* gsel,       \
-                                         const T* scores, const T* tokens,                        \
-                                         const int64_t* indices, T* dscores, T* dtokens,          \
-                                         int64_t dts0, int64_t dts1, int64_t begin,               \
-                                         int64_t end) {                                           \
-    std::vector<T> coef;                                                                          \
-    for (int64_t b = begin; b < end; ++b)                                                         \
-      topk_bwd_task<T>(g, gparts, gsel, scores, tokens, indices, dscores, dtokens, dts0, dts1, b, \
-                       coef);                                                                     \
-  }
-REIDKERN_TOPK_ENTRIES(float, f32)
-REIDKERN_TOPK_ENTRIES(double, f64)
-
-template <typename T, typename... Args>
-inline void topk_fwd(const TopkGeom& g, const T* scores, Args... args) {
-  if constexpr (std::is_same_v<T, float>) topk_fwd_f32(g, scores, args...);
-  else topk_fwd_f64(g, scores, args...);
+// Tasks [begin, end) of one parallel_for chunk, compiled per instruction set (cpu/simd.h).
+template <typename T, int VB>
+REIDKERN_INLINE void topk_fwd_range(TopkGeom g, TopkFwdArgs<T> a, int64_t begin, int64_t end) {
+  std::vector<int64_t> idx;
+  for (int64_t bp = begin; bp < end; ++bp) topk_fwd_task<T, VB>(g, a, bp, idx);
 }
-template <typename T, typename... Args>
-inline void topk_bwd(const TopkGeom& g, const T* gparts, Args... args) {
-  if constexpr (std::is_same_v<T, float>) topk_bwd_f32(g, gparts, args...);
-  else topk_bwd_f64(g, gparts, args...);
+template <typename T, int VB>
+REIDKERN_INLINE void topk_bwd_range(TopkGeom g, TopkBwdArgs<T> a, int64_t begin, int64_t end) {
+  std::vector<T> coef;
+  for (int64_t b = begin; b < end; ++b) topk_bwd_task<T, VB>(g, a, b, coef);
 }
+REIDKERN_ISA_CLONES(topk_fwd, topk_fwd_range)
+REIDKERN_ISA_CLONES(topk_bwd, topk_bwd_range)
 
 TopkGeom check_topk(const Tensor& scores, const Tensor& tokens, int64_t k) {
   check_dim(scores, 3, "scores");
@@ -232,12 +184,13 @@ std::tuple<Tensor, Tensor, Tensor> topk_token_aggregate_fwd_cpu(const Tensor& sc
   auto selected = torch::stable::empty({g.B, g.L, g.Np}, st, std::nullopt, dev);
   int64_t* ip = indices.mutable_data_ptr<int64_t>();
   REIDKERN_DISPATCH_FLOATING(scores, "topk_token_aggregate_fwd", [&] {
-    const scalar_t* sp = static_cast<const scalar_t*>(scores.const_data_ptr());
-    const scalar_t* tp = static_cast<const scalar_t*>(tokens.const_data_ptr());
-    scalar_t* pp = static_cast<scalar_t*>(parts.mutable_data_ptr());
-    scalar_t* selp = static_cast<scalar_t*>(selected.mutable_data_ptr());
+    using T = scalar_t;
+    const TopkFwdArgs<T> a{static_cast<const T*>(scores.const_data_ptr()),
+                           static_cast<const T*>(tokens.const_data_ptr()),
+                           static_cast<T*>(parts.mutable_data_ptr()), ip,
+                           static_cast<T*>(selected.mutable_data_ptr())};
     torch::stable::parallel_for(0, g.B * g.Np, 1, [&](int64_t begin, int64_t end) {
-      topk_fwd<scalar_t>(g, sp, tp, pp, ip, selp, begin, end);
+      topk_fwd<T>(g, a, begin, end);
     });
   });
   return {parts, indices, selected};
@@ -266,16 +219,19 @@ std::tuple<Tensor, Tensor> topk_token_aggregate_bwd_cpu(const Tensor& grad_parts
   const int64_t* ip = indices.const_data_ptr<int64_t>();
   REIDKERN_DISPATCH_FLOATING(scores, "topk_token_aggregate_bwd", [&] {
     using T = scalar_t;
-    const T* gp = static_cast<const T*>(grad_parts.const_data_ptr());
-    const T* gs = grad_selected.has_value() ? static_cast<const T*>(grad_selected->const_data_ptr()) : nullptr;
-    const T* sp = static_cast<const T*>(scores.const_data_ptr());
-    const T* tp = static_cast<const T*>(tokens.const_data_ptr());
-    T* dsp = static_cast<T*>(dscores.mutable_data_ptr());
-    T* dtp = static_cast<T*>(dtokens.mutable_data_ptr());
-    advise_huge_pages(dtp, dtokens.numel() * int64_t(sizeof(T)));
-    const int64_t d0 = dtokens.stride(0), d1 = dtokens.stride(1);
+    const TopkBwdArgs<T> a{
+        static_cast<const T*>(grad_parts.const_data_ptr()),
+        grad_selected.has_value() ? static_cast<const T*>(grad_selected->const_data_ptr()) : nullptr,
+        static_cast<const T*>(scores.const_data_ptr()),
+        static_cast<const T*>(tokens.const_data_ptr()),
+        ip,
+        static_cast<T*>(dscores.mutable_data_ptr()),
+        static_cast<T*>(dtokens.mutable_data_ptr()),
+        dtokens.stride(0),
+        dtokens.stride(1)};
+    advise_huge_pages(a.dtokens, dtokens.numel() * int64_t(sizeof(T)));
     torch::stable::parallel_for(0, g.B, 1, [&](int64_t begin, int64_t end) {
-      topk_bwd<T>(g, gp, gs, sp, tp, ip, dsp, dtp, d0, d1, begin, end);
+      topk_bwd<T>(g, a, begin, end);
     });
   });
   return {dscores, dtokens};

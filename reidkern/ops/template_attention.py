@@ -3,7 +3,7 @@
 Part templates (DPTI), dictionary atoms and prototypes (LGUR), part queries (CAL): Nq = 1–32
 queries over L <= 512 keys, head dim up to 512. The kernels fuse logits, softmax and the weighted
 sum per (batch, head), save only the log-sum-exp per query row, and recompute the probabilities in
-a fused backward (csrc/cpu/template_attention.cpp, csrc/cuda/template_attention.cu,
+a fused backward (csrc/cpu/template_attention*.cpp, csrc/cuda/template_attention.cu,
 reidkern/triton/template_attention.py; oracle in reidkern/ops/reference/template_attention.py).
 """
 import math
