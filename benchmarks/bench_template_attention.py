@@ -56,7 +56,7 @@ def test_template_attention(benchmark, provider, size):
         compiled = torch.compile(lambda q, k, v: template_attention_reference(q, k, v)[0])
         fwd = lambda: compiled(kx(q), kx(k), kx(v))  # noqa: E731
     else:
-        fwd = lambda: template_attention(q, kx(k), kx(v), backend=backend)  # noqa: E731
+        fwd = lambda: template_attention(q, kx(k), kx(v), backend=backend).out  # noqa: E731
 
     def fn():
         out = fwd()

@@ -148,7 +148,7 @@ def test_batch_hard_mining_sqeuclidean_overflow_refused():
 def test_empty_tensors_with_odd_strides(backend):
     q = torch.empty(0, 2, 8, 3).transpose(2, 3)  # [0, 2, 3, 8], last stride != 1
     k = torch.empty(0, 2, 5, 8)
-    out = template_attention(q, k, k.clone(), backend=backend)
+    out = template_attention(q, k, k.clone(), backend=backend).out
     assert out.shape == (0, 2, 3, 8)
     scores = torch.empty(0, 3, 5).transpose(1, 2)  # [0, 5, 3]
     tokens = torch.empty(0, 4, 5).transpose(1, 2)  # [0, 5, 4]
@@ -193,7 +193,7 @@ def test_meta_tensors():
         pytest.skip("meta tensors go through the compiled ops' fake kernels")
     m = torch.device("meta")
     out = template_attention(torch.empty(2, 1, 3, 4, device=m), torch.empty(2, 1, 5, 4, device=m),
-                             torch.empty(2, 1, 5, 4, device=m))
+                             torch.empty(2, 1, 5, 4, device=m)).out
     assert out.shape == (2, 1, 3, 4) and out.device.type == "meta"
     parts, _, _ = topk_token_aggregate(torch.empty(2, 5, 3, device=m), torch.empty(2, 5, 4, device=m), k=2)
     assert parts.shape == (2, 3, 4)

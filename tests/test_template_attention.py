@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import reidkern
-from reidkern.ops import template_attention
+from reidkern.ops import TemplateAttentionResult, template_attention
 from reidkern.ops.reference.template_attention import template_attention_reference
 from reidkern.testing import assert_close, device_backend_cases, opcheck
 
@@ -74,7 +74,7 @@ def test_masks_and_fully_padded_rows(device, backend):
     q, k, v = make(3, 2, 4, 29, 16, q_batch1=True, dtype=torch.float64, seed=3, device=device)
     mask = make_mask(3, 29, full_row=1, device=device)
     check(backend, q, k, v, mask)
-    out, w = template_attention(q, k, v, mask, return_weights=True, backend=backend)
+    out, w, _ = template_attention(q, k, v, mask, return_weights=True, backend=backend)
     assert torch.isfinite(out).all() and torch.isfinite(w).all()
     assert (out[1] == 0).all() and (w[1] == 0).all()
     assert (w.masked_select(mask[:, None, None, :].expand_as(w)) == 0).all()
@@ -91,7 +91,7 @@ def test_keys_shared_by_the_batch(device, backend, with_mask):
     _, k, v = make(1, 2, 5, 23, 12, dtype=torch.float64, seed=22, device=device)
     mask = make_mask(3, 23, full_row=2, device=device) if with_mask else None
     check(backend, q, k, v, mask)
-    out = template_attention(q, k, v, mask, backend=backend)
+    out = template_attention(q, k, v, mask, backend=backend).out
     assert out.shape == (3, 2, 5, 12)
     dk, dv = torch.autograd.grad(out.sum(), (k, v))
     assert dk.shape == k.shape and dv.shape == v.shape
@@ -106,7 +106,7 @@ def test_non_contiguous_and_scale(device, backend):
     assert not k.is_contiguous()
     check(backend, q, k, v, scale=1.0)  # DPTI Eq. 5-6: unscaled logits
     # gradients come back in the inputs' layout
-    dk = torch.autograd.grad(template_attention(q, k, v, backend=backend).sum(), k)[0]
+    dk = torch.autograd.grad(template_attention(q, k, v, backend=backend).out.sum(), k)[0]
     assert dk.shape == k.shape
 
 
@@ -141,7 +141,7 @@ def test_gemm_sized_heads(device, backend, dtype, case):
     elif case == "shared_kv":  # dictionary atoms: one [1, H, L, D] set expanded over the batch
         q, k1, v1 = make(3, 2, 24, 53, 64, dtype=dtype, seed=22, device=device)
         k1, v1 = (t.detach()[:1].clone().requires_grad_() for t in (k1, v1))
-        out = template_attention(q, k1.expand(3, -1, -1, -1), v1.expand(3, -1, -1, -1), backend=backend)
+        out = template_attention(q, k1.expand(3, -1, -1, -1), v1.expand(3, -1, -1, -1), backend=backend).out
         q64, k64, v64 = (t.detach().cpu().double().requires_grad_() for t in (q, k1, v1))
         ref = template_attention_reference(q64, k64.expand(3, -1, -1, -1), v64.expand(3, -1, -1, -1))[0]
         assert_close(out, ref, dtype=dtype)
@@ -170,13 +170,17 @@ def test_gradcheck(device, backend):
 
 def test_return_forms_and_half_precision():
     q, k, v = make(2, 2, 3, 9, 8)
-    out = template_attention(q, k, v)
-    assert isinstance(out, torch.Tensor)
-    out2, mean = template_attention(q, k, v, return_mean_logit=True)
-    assert mean.shape == (2, 2, 3)
-    assert_close(out, out2)
+    # one result type whatever the flags; fields not asked for are None
+    res = template_attention(q, k, v)
+    assert isinstance(res, TemplateAttentionResult) and res.weights is None and res.mean_logit is None
+    out2, w2, mean = template_attention(q, k, v, return_mean_logit=True)
+    assert w2 is None and mean.shape == (2, 2, 3)
+    assert_close(res.out, out2)
+    both = template_attention(q, k, v, return_weights=True, return_mean_logit=True)
+    assert both.weights.shape == (2, 2, 3, 9) and both.mean_logit.shape == (2, 2, 3)
+    assert template_attention(q, k, v, return_weights=True).mean_logit is None
     qh, kh, vh = (t.detach().bfloat16() for t in (q, k, v))
-    oh = template_attention(qh, kh, vh)
+    oh = template_attention(qh, kh, vh).out
     assert oh.dtype == torch.bfloat16
     assert_close(oh, template_attention_reference(q.double(), k.double(), v.double())[0], dtype=torch.bfloat16)
 
@@ -214,7 +218,8 @@ def test_torch_compile_fullgraph():
     mask = make_mask(2, 9)
     fn = torch.compile(lambda q, k, v: template_attention(q, k, v, mask, return_mean_logit=True),
                        fullgraph=True, backend="aot_eager")
-    out, mean = fn(q, k, v)
+    out, w, mean = fn(q, k, v)
+    assert w is None
     ro, _, rm = template_attention_reference(q, k, v, mask)
     assert_close(out, ro)
     (out.sum() + mean.sum()).backward()

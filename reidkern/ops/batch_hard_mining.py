@@ -174,7 +174,8 @@ def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=Non
         self_offset: candidate ``i + self_offset`` is anchor ``i`` itself and never its positive.
             Default 0 without a ref set, none (-1) with one.
         backend: "cpp", "cuda", "triton" or "reference" (see reidkern.ops._backend).
-        validate: check the arguments (the NaN check is skipped inside torch.compile graphs).
+        validate: True (default) checks every argument first (see Raises); False skips the
+            checks, for arguments the caller has already checked (docs/adding_an_op.md).
 
     Returns:
         :class:`BatchHardResult` ``(dist_ap, dist_an, p_index, n_index, valid)``, each [B].

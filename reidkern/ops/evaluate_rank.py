@@ -4,6 +4,8 @@ No Q x G argsort and no Q x G index array: for each positive gallery entry the k
 valid entries ranked ahead of it (csrc/cpu/evaluate_rank.cpp, csrc/cuda/evaluate_rank.cu,
 reidkern/triton/evaluate_rank.py; oracle in reidkern/ops/reference/evaluate_rank.py).
 """
+from typing import NamedTuple
+
 import torch
 
 from reidkern._library import native_available
@@ -18,6 +20,15 @@ if native_available():
         return (distmat.new_empty(num_q, dtype=torch.int64),
                 distmat.new_empty(num_q, dtype=torch.float64),
                 distmat.new_empty(num_q, dtype=torch.float64))
+
+
+class PerQueryRankResult(NamedTuple):
+    """Result of :func:`evaluate_rank_per_query` (a tuple: ``first_hit, all_AP, all_INP = ...``
+    works)."""
+
+    first_hit: torch.Tensor  #: [Q] int64 0-based rank of the first true match, -1 without one
+    all_AP: torch.Tensor     #: [Q] float64 average precision per query (0 without a match)
+    all_INP: torch.Tensor    #: [Q] float64 inverse negative penalty per query (0 without a match)
 
 
 class NonFiniteDistanceError(ValueError):
@@ -56,10 +67,11 @@ def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, trapezo
         trapezoid: AP by the Market-1501 MATLAB trapezoid rule instead of the mean precision at
             each hit (torchreid / fast-reid).
         backend: "cpp", "cuda", "triton" or "reference" (see reidkern.ops._backend).
-        validate: check the arguments (skip only for inputs already validated).
+        validate: True (default) checks every argument first (see Raises); False skips the
+            checks, for arguments the caller has already checked (docs/adding_an_op.md).
 
     Returns:
-        ``(first_hit, all_AP, all_INP)``, each [Q] on distmat's device: first_hit int64 is the
+        :class:`PerQueryRankResult` ``(first_hit, all_AP, all_INP)``, each [Q] on distmat's device: first_hit int64 is the
         0-based rank of the first true match (-1 when the query has no positive left), all_AP and
         all_INP float64 (0 where first_hit is -1). The kernels check finiteness in their own pass
         over the row (first_hit -2 internally), so no extra pass over distmat is made.
@@ -83,4 +95,4 @@ def evaluate_rank_per_query(distmat, q_pids, g_pids, q_camids, g_camids, trapezo
         out = tuple(t.to(distmat.device) for t in out)
     if bool((out[0] == -2).any()):
         raise NonFiniteDistanceError("distmat contains NaN or inf")
-    return out
+    return PerQueryRankResult(*out)

@@ -57,7 +57,7 @@ def _check_range(x, y):
     return x, y
 
 
-def knn(x, y, k, index_offset=0, backend=None):
+def knn(x, y, k, index_offset=0, backend=None, validate=True):
     """The k nearest rows of ``y`` for every row of ``x`` and each row's maximum distance.
 
     Distance: squared Euclidean, exactly as float64 computes sum_d (x_d - y_d)^2 in d order (a
@@ -74,6 +74,8 @@ def knn(x, y, k, index_offset=0, backend=None):
         index_offset: int >= 0 added to the returned indices (y is a slice starting at this
             row); the padding index stays -1.
         backend: "cpp" | "cuda" | "triton" | "reference" (see reidkern.ops._backend).
+        validate: True (default) checks every argument first (see Raises); False skips the
+            checks, for arguments the caller has already checked (docs/adding_an_op.md).
 
     Returns:
         :class:`KnnResult` ``(distances [M, k] float64, indices [M, k] int64, row_max [M] float64)``, nearest first;
@@ -88,20 +90,23 @@ def knn(x, y, k, index_offset=0, backend=None):
     Range: float32 features of any finite magnitude (beyond [2^-40, 2^40] the search runs in
     float64). Meta tensors give meta results of the right shapes.
     """
-    x = _features(x, "x")
-    y = _features(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same feature dimension, got {x.shape[1]} and {y.shape[1]}")
-    if x.device != y.device:
-        raise ValueError(f"x is on device {x.device} but y is on {y.device}; expected one device")
-    k = V.check_int(k, "k", minimum=1)
-    index_offset = V.check_int(index_offset, "index_offset", minimum=0)
+    if validate:
+        x = _features(x, "x")
+        y = _features(y, "y")
+        if x.shape[1] != y.shape[1]:
+            raise ValueError(f"x and y must have the same feature dimension, got {x.shape[1]} and {y.shape[1]}")
+        if x.device != y.device:
+            raise ValueError(f"x is on device {x.device} but y is on {y.device}; expected one device")
+        k = V.check_int(k, "k", minimum=1)
+        index_offset = V.check_int(index_offset, "index_offset", minimum=0)
+    k, index_offset = int(k), int(index_offset)
     if x.dtype != y.dtype:
         x, y = x.double(), y.double()
     choice = resolve_backend("knn", x.device, backend)
     if x.device.type != "meta":
-        V.check_finite(x, "x")
-        V.check_finite(y, "y")
+        if validate:
+            V.check_finite(x, "x")
+            V.check_finite(y, "y")
         x, y = _check_range(x, y)
     if choice in ("cpp", "cuda"):
         return KnnResult(*torch.ops.reidkern.knn(x.contiguous(), y.contiguous(), k, index_offset))

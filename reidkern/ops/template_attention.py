@@ -7,6 +7,7 @@ a fused backward (csrc/cpu/template_attention*.cpp, csrc/cuda/template_attention
 reidkern/triton/template_attention.py; oracle in reidkern/ops/reference/template_attention.py).
 """
 import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -18,6 +19,15 @@ from reidkern.ops._backend import resolve_backend
 from reidkern.ops.reference.template_attention import template_attention_reference
 
 _OP = "template_attention"
+
+
+class TemplateAttentionResult(NamedTuple):
+    """Result of :func:`template_attention` (a tuple: ``out, weights, mean_logit = ...`` works).
+    The optional fields are None unless asked for; the type never depends on the flags."""
+
+    out: torch.Tensor                   #: [B, H, Nq, D] attended values
+    weights: Optional[torch.Tensor]     #: [B, H, Nq, L] softmax weights (``return_weights=True``)
+    mean_logit: Optional[torch.Tensor]  #: [B, H, Nq] mean scaled logit (``return_mean_logit=True``)
 
 
 def _make_autograd(backward_op):
@@ -73,6 +83,7 @@ def _triton():
 
 
 def _validate(q, k, v, key_padding_mask, scale):
+    """Checks every argument; returns (scale as a float, B)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -136,7 +147,7 @@ def _unit_last(t):
 
 
 def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weights=False,
-                       return_mean_logit=False, backend=None):
+                       return_mean_logit=False, backend=None, validate=True):
     """Cross-attention of a few learned queries over tokens, fused forward and backward.
 
     ``out[b, h, i] = sum_j softmax_j(scale * q[b, h, i] . k[b, h, j]) v[b, h, j]`` over the keys
@@ -158,11 +169,13 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
         return_mean_logit: also return the mean scaled logit over the valid keys per query
             [B, H, Nq] (differentiable; DPTI's mean of γ_i, Eq. 5, for its part-presence weights).
         backend: "cpp", "cuda", "triton" or "reference" (see reidkern.ops._backend).
+        validate: True (default) checks every argument first (see Raises); False skips the
+            checks, for arguments the caller has already checked (docs/adding_an_op.md).
 
     Returns:
-        ``out`` [B, H, Nq, D] when neither extra is asked for; otherwise a tuple ``(out,
-        weights)``, ``(out, mean_logit)`` or ``(out, weights, mean_logit)``. float32/float64 in the
-        inputs' dtype (float16/bfloat16 are computed in float32 and cast back).
+        :class:`TemplateAttentionResult` ``(out, weights, mean_logit)``: out [B, H, Nq, D];
+        weights and mean_logit as asked for, else None. In the inputs' dtype (float16/bfloat16
+        are computed in float32 and cast back).
 
     Raises:
         TypeError: non-tensor or non-floating q/k/v, mismatched dtypes, a non-bool mask, a
@@ -175,7 +188,12 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
     Empty input (any of B, H, Nq, L, D = 0) gives the empty or zero output of the formula (no
     keys: zeros, as for a fully padded row). Meta tensors give meta outputs.
     """
-    scale, B = _validate(q, k, v, key_padding_mask, scale)
+    if validate:
+        scale, B = _validate(q, k, v, key_padding_mask, scale)
+    else:
+        D = k.shape[3]
+        scale = float(scale) if scale is not None else (1.0 / math.sqrt(D) if D > 0 else 1.0)
+        B = _batch(q, k, key_padding_mask)
     if k.shape[0] == 1 and B != 1:
         # A dictionary shared by the batch: broadcast without a copy; autograd sums its gradient.
         # (Running the batch as B*Nq query rows of one batch instead was tried and was slower on
@@ -202,11 +220,5 @@ def template_attention(q, k, v, key_padding_mask=None, scale=None, return_weight
         out, weights, mean_logit = template_attention_reference(q, k, v, key_padding_mask, scale)
     if in_dtype != out.dtype:
         out, weights, mean_logit = out.to(in_dtype), weights.to(in_dtype), mean_logit.to(in_dtype)
-    if not return_weights and not return_mean_logit:
-        return out
-    res = (out,)
-    if return_weights:
-        res += (weights,)
-    if return_mean_logit:
-        res += (mean_logit,)
-    return res
+    return TemplateAttentionResult(out, weights if return_weights else None,
+                                   mean_logit if return_mean_logit else None)

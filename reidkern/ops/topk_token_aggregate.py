@@ -117,7 +117,7 @@ def _validate(scores, tokens):
     return V.finite_magnitudes((("scores", scores), ("tokens", tokens)))
 
 
-def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
+def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None, validate=True):
     """Per part, the score-weighted mean of its k highest-scoring tokens (CAL DRM, fused).
 
     ``P[b, p] = Σ_{l ∈ top-k(S[b, :, p])} S[b, l, p] T[b, l] / Σ_{l ∈ top-k} S[b, l, p]``, i.e.
@@ -129,6 +129,8 @@ def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
         k: tokens kept per part (1 <= k <= L); or
         alpha: CAL's selection ratio, k = ceil(alpha * L / Np). Give exactly one of k and alpha.
         backend: "cpp", "cuda", "triton" or "reference".
+        validate: True (default) checks every argument first (see Raises); False skips the
+            checks, for arguments the caller has already checked (docs/adding_an_op.md).
 
     Returns:
         :class:`TopKAggregateResult` ``(parts, indices, selected)``: parts [B, Np, C] (differentiable w.r.t. scores and tokens);
@@ -148,7 +150,7 @@ def topk_token_aggregate(scores, tokens, k=None, alpha=None, backend=None):
             and alpha given, alpha not positive and finite, NaN/inf in scores or tokens, sums
             that could overflow (k max|scores| max(|tokens|, 1) > max / 2^16).
     """
-    mags = _validate(scores, tokens)
+    mags = _validate(scores, tokens) if validate else []
     B, L, Np = scores.shape
     k = resolve_k(L, Np, k, alpha)
     if mags and k * mags[0] * max(mags[1], 1.0) > V.compute_max(scores.dtype) / 2 ** 16:

@@ -245,7 +245,8 @@ def test_template_attention(data):
     if k64.shape[0] == 1 and Bt != 1:
         k64, v64 = k64.expand(Bt, -1, -1, -1), v64.expand(Bt, -1, -1, -1)
     out, w, ml = template_attention_reference(q64, k64, v64, mask, s)
-    outs = res if isinstance(res, tuple) else (res,)
+    assert (res.weights is None) != rw and (res.mean_logit is None) != rm
+    outs = [res.out] + ([res.weights] if rw else []) + ([res.mean_logit] if rm else [])
     want = (out,) + ((w,) if rw else ()) + ((ml,) if rm else ())
     tol = 1e-4 if q.dtype == torch.float32 else 1e-10
     for got, exp in zip(outs, want):

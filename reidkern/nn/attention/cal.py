@@ -173,8 +173,8 @@ class TargetAwareAttention(nn.Module):
         gate = torch.sigmoid(self.mlp_gate(parts))
         scale = 1.0 / math.sqrt(self.attn_dim)
         if token_index is None:
-            _, weights = template_attention(q.unsqueeze(1), keys.unsqueeze(1), keys.unsqueeze(1), key_padding_mask,
-                                            scale=scale, return_weights=True, backend=self.backend)
+            weights = template_attention(q.unsqueeze(1), keys.unsqueeze(1), keys.unsqueeze(1), key_padding_mask,
+                                         scale=scale, return_weights=True, backend=self.backend).weights
             weights = weights.squeeze(1)  # [B, Np, L]
             out = torch.matmul(weights, tokens) * gate
             return (out, weights) if return_weights else out
@@ -194,8 +194,8 @@ class TargetAwareAttention(nn.Module):
             order = torch.argsort(token_index, stable=True)
             Np = q.shape[1]
             qg = q.index_select(0, order).reshape(B, 1, c * Np, -1)
-            _, wg = template_attention(qg, keys.unsqueeze(1), keys.unsqueeze(1), None, scale=scale,
-                                       return_weights=True, backend=self.backend)
+            wg = template_attention(qg, keys.unsqueeze(1), keys.unsqueeze(1), None, scale=scale,
+                                    return_weights=True, backend=self.backend).weights
             og = torch.matmul(wg.squeeze(1), tokens)  # [B, c·Np, C]
             inverse = torch.argsort(order)
             weights = wg.reshape(B * c, Np, -1).index_select(0, inverse)
@@ -204,8 +204,8 @@ class TargetAwareAttention(nn.Module):
         keys, tokens = keys.index_select(0, token_index), tokens.index_select(0, token_index)
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.index_select(0, token_index)
-        _, weights = template_attention(q.unsqueeze(1), keys.unsqueeze(1), keys.unsqueeze(1), key_padding_mask,
-                                        scale=scale, return_weights=True, backend=self.backend)
+        weights = template_attention(q.unsqueeze(1), keys.unsqueeze(1), keys.unsqueeze(1), key_padding_mask,
+                                     scale=scale, return_weights=True, backend=self.backend).weights
         weights = weights.squeeze(1)
         out = torch.matmul(weights, tokens) * gate
         return (out, weights) if return_weights else out

@@ -103,9 +103,9 @@ class TemplateCrossAttention(nn.Module):
         qf = torch.einsum("bnhd,hdc->bhnc", q.view(Bq, Nq, H, hd), w_k)  # [Bq, H, Nq, c]
         scale = self.scale if self.scale is not None else hd ** -0.5
         x = c.unsqueeze(1)  # [Bc, 1, L, c]: one "head" whose H*Nq queries are the heads' queries
-        res = template_attention(qf.reshape(Bq, 1, H * Nq, cdim), x, x, key_padding_mask, scale=scale,
-                                 return_weights=return_weights, backend=self.backend)
-        u, weights = (res if return_weights else (res, None))
+        u, weights, _ = template_attention(qf.reshape(Bq, 1, H * Nq, cdim), x, x, key_padding_mask,
+                                           scale=scale, return_weights=return_weights,
+                                           backend=self.backend)
         out = torch.einsum("bhnc,hdc->bhnd", u.reshape(B, H, Nq, cdim), w_v)  # [B, H, Nq, hd]
         if self.to_v.bias is not None:
             b_v = self.to_v.bias.view(1, H, 1, hd)
@@ -144,9 +144,9 @@ class TemplateCrossAttention(nn.Module):
         else:
             # a context shared by the batch (dictionary) stays batch 1: the op broadcasts it
             k, v = self._heads(self.to_k(c)), self._heads(self.to_v(c))
-            res = template_attention(self._heads(q), k, v, key_padding_mask, scale=self.scale,
-                                     return_weights=return_weights, backend=self.backend)
-            out, weights = (res if return_weights else (res, None))
+            out, weights, _ = template_attention(self._heads(q), k, v, key_padding_mask,
+                                                 scale=self.scale, return_weights=return_weights,
+                                                 backend=self.backend)
         out = out.transpose(1, 2).reshape(B, q.shape[1], self.num_heads * self.head_dim)
         if q_in.shape[0] != B:  # learned queries broadcast over the batch (B from context or mask)
             q_in = q_in.expand(B, -1, -1)

@@ -32,8 +32,8 @@ class PartTemplateInit(nn.Module):
             raise ValueError(f"tokens must be [B, L, {self.part_queries.shape[1]}], got {tuple(tokens.shape)}")
         a = tokens.unsqueeze(1)  # [B, 1, L, d]: keys = values = A_l
         q = self.part_queries.view(1, 1, *self.part_queries.shape)
-        out, mean_logit = template_attention(q, a, a, key_padding_mask, scale=self.scale,
-                                             return_mean_logit=True, backend=self.backend)
+        out, _, mean_logit = template_attention(q, a, a, key_padding_mask, scale=self.scale,
+                                                return_mean_logit=True, backend=self.backend)
         templates = self.to_v(out.squeeze(1))  # W_{t,v} (A softmax(γ)) = (W A) softmax(γ)
         rho = torch.softmax(mean_logit.squeeze(1), dim=-1)
         return templates, rho
