@@ -109,3 +109,26 @@ def devices():
 def opcheck(op, args, kwargs=None, **kw):
     """``torch.library.opcheck`` on a reidkern op (schema, fake kernel, autograd registration)."""
     return torch.library.opcheck(op, args, kwargs or {}, **kw)
+
+
+def check_compiled_train_forward(model, x, pids, rtol=1e-4, atol=1e-5):
+    """``torch.compile(model, fullgraph=True)`` (aot_eager backend: traces the whole graph and its
+    backward without a C++ compiler) gives the eager train-mode outputs (a dict of tensors) and its
+    ``model.loss(outputs, pids)`` gives the eager gradients of every trainable parameter. Raises
+    AssertionError otherwise (dropout must be off: the two forwards draw different masks)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    expected = model(x)
+    # eager gradients before the compiled forward: its BatchNorm running-stat updates would bump
+    # the version of buffers the eager graph saved
+    grads_eager = torch.autograd.grad(model.loss(expected, pids)[0], params, allow_unused=True)
+    torch._dynamo.reset()  # fresh cache: models share forward code objects
+    got = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    assert set(got) == set(expected), (sorted(got), sorted(expected))
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=rtol, atol=atol, msg=lambda m: f"{k}: {m}")
+    grads = torch.autograd.grad(model.loss(got, pids)[0], params, allow_unused=True)
+    for p, g, ge in zip(params, grads, grads_eager):
+        assert (g is None) == (ge is None)
+        if g is not None:
+            torch.testing.assert_close(g, ge, rtol=rtol, atol=atol)
+    assert any(g is not None for g in grads)

@@ -7,7 +7,7 @@ import reidkern
 from reidkern.models.backbones.resnet import ResNetTrunk, STAGES
 from reidkern.models.dpti import DPTI
 from reidkern.models.dpti_eager import DPTIEager
-from reidkern.testing import assert_close, randomize_batchnorm
+from reidkern.testing import assert_close, check_compiled_train_forward, randomize_batchnorm
 
 NATIVE = reidkern.build_info()["native"]
 TOL = dict(rtol=1e-9, atol=1e-11)
@@ -136,16 +136,8 @@ def test_load_weights_own_resnet_and_foreign():
 @pytest.mark.skipif(not NATIVE, reason="compiled library not built")
 def test_torch_compile_forward():
     torch.manual_seed(4)
-    model = tiny()
     x, pids = batch(dtype=torch.float32)
-    expected = model(x)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    got = compiled(x)
-    for k in expected:
-        torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-5)
-    model.loss(got, pids)[0].backward()
-    assert model.templates.part_queries.grad is not None
+    check_compiled_train_forward(tiny(), x, pids)
 
 
 def test_onnx_export_matches_onnxruntime(tmp_path):

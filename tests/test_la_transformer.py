@@ -11,7 +11,7 @@ from reidkern.models.dpti import DPTI
 from reidkern.models.la_transformer import LATransformer, official_parameter_count
 from reidkern.models.la_transformer_eager import LATransformerEager
 from reidkern.nn.classifiers import PartClassBlocks
-from reidkern.testing import assert_close
+from reidkern.testing import assert_close, check_compiled_train_forward
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 
@@ -183,16 +183,8 @@ def test_bad_arguments_and_inputs():
 
 def test_torch_compile_forward():
     torch.manual_seed(4)
-    model = tiny(dropout=0.0, metric_loss=True)
     x, pids = batch(dtype=torch.float32)
-    expected = model(x)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    got = compiled(x)
-    for k in expected:
-        torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-5)
-    model.loss(got, pids)[0].backward()
-    assert model.classifiers.fc1_weight.grad is not None
+    check_compiled_train_forward(tiny(dropout=0.0, metric_loss=True), x, pids)
 
 
 def test_onnx_export_matches_onnxruntime(tmp_path):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from reidkern.engine.recipe import Recipe, register_recipe
 
+from ._self_loss import build_with_weights, eval_forward, self_loss
+
 __all__ = ["build_dpti", "dpti_compute_loss", "dpti_extract", "dpti_recipe"]
 
 
@@ -17,24 +19,11 @@ def build_dpti(num_classes: int, weights=None, **kwargs):
     the backbone or a DPTI checkpoint (see :meth:`reidkern.models.DPTI.load_weights`)."""
     from reidkern.models.dpti import DPTI
 
-    model = DPTI(num_classes, **kwargs)
-    if weights is not None:
-        model.load_weights(weights)
-    return model
+    return build_with_weights(DPTI, num_classes, weights, **kwargs)
 
 
-def dpti_compute_loss(model, batch):
-    """One training step's loss: the model's forward (DDP-wrapped or not) and its loss."""
-    from reidkern.engine import unwrap
-
-    out = model(batch["img"])
-    loss, logs = unwrap(model).loss(out, batch["pid"])
-    return loss, {k: float(v) for k, v in logs.items()}
-
-
-def dpti_extract(model, batch):
-    """Test descriptor [B, (N+1)·d] (eval mode): weighted parts and the global vector."""
-    return model(batch["img"])
+dpti_compute_loss = self_loss  # α·CE + β·triplet + γ·diversity (DPTI.loss)
+dpti_extract = eval_forward  # test descriptor [B, (N+1)·d]: weighted parts and the global vector
 
 
 def dpti_recipe(**kw) -> Recipe:

@@ -22,6 +22,8 @@ import torch
 from reidkern.engine.hooks import FreezeSchedule
 from reidkern.engine.recipe import Recipe, register_recipe
 
+from ._self_loss import build_with_weights, eval_forward, self_loss
+
 __all__ = ["ShuffleSampler", "blockwise_unfreezing", "build_la_transformer", "la_compute_loss",
            "la_extract", "la_transformer_recipe", "la_transformer_improved_recipe"]
 
@@ -76,23 +78,11 @@ def build_la_transformer(num_classes: int, weights=None, **kwargs):
     LA-Transformer or reidkern checkpoint (see :meth:`reidkern.models.LATransformer.load_weights`)."""
     from reidkern.models.la_transformer import LATransformer
 
-    model = LATransformer(num_classes, **kwargs)
-    if weights is not None:
-        model.load_weights(weights)
-    return model
+    return build_with_weights(LATransformer, num_classes, weights, **kwargs)
 
 
-def la_compute_loss(model, batch):
-    from reidkern.engine import unwrap
-
-    out = model(batch["img"])
-    loss, logs = unwrap(model).loss(out, batch["pid"])
-    return loss, {k: float(v) for k, v in logs.items()}
-
-
-def la_extract(model, batch):
-    """Test features [B, 14·768] (eval mode): per-part L2 norm × 1/√14, concatenated."""
-    return model(batch["img"])
+la_compute_loss = self_loss  # Σ of the 14 part CEs (+ triplet with metric_loss): LATransformer.loss
+la_extract = eval_forward  # test features [B, 14·768]: per-part L2 norm × 1/√14, concatenated
 
 
 def _transforms(height, width, train):

@@ -1,0 +1,36 @@
+"""Recipe pieces shared by the image models that own their loss and test features (DPTI,
+LA-Transformer): ``model(img)`` in train mode gives the outputs ``model.loss(outputs, pids)`` reads,
+and in eval mode the test features. One copy here instead of one per recipe."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["build_with_weights", "self_loss", "eval_forward"]
+
+
+def build_with_weights(cls, num_classes: int, weights=None, **kwargs) -> nn.Module:
+    """``cls(num_classes, **kwargs)``, then ``model.load_weights(weights)`` when given (a file
+    path or a state_dict; the model's ``load_weights`` says which checkpoints it accepts and
+    raises ValueError naming ``weights`` for another model's)."""
+    model = cls(num_classes, **kwargs)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def self_loss(model: nn.Module, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """One training step's loss: the forward of ``model`` (DDP-wrapped or not) on ``batch["img"]``
+    and the unwrapped model's ``loss(outputs, batch["pid"])``; logs as floats."""
+    from reidkern.engine import unwrap
+
+    out = model(batch["img"])
+    loss, logs = unwrap(model).loss(out, batch["pid"])
+    return loss, {k: float(v) for k, v in logs.items()}
+
+
+def eval_forward(model: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """Test features [B, D]: the model's eval-mode forward (the engine sets eval mode and no-grad)."""
+    return model(batch["img"])
