@@ -1,21 +1,126 @@
-"""The main job's evaluation demo: real pedestrian crops → OSNet features → reidkern evaluation.
+"""``reidkern demo``: real pedestrian crops → reidkern's OSNet → reidkern evaluation, on CPU.
 
-With the reid-mini folder, its real MOT17 crops are embedded by reidkern's own OSNet x0_25 loaded
-from the real ReID model (ONNX initializers), cross-checked against onnxruntime running that ONNX
-file when onnxruntime is installed, split into query and gallery (reidkern.models.demo), evaluated
-with reidkern and checked against the float64 reference. Without the folder, identity-clustered
-synthetic features stand in.
+With the reid-mini folder (``--data DIR``; default ``$REIDKERN_DATA`` or
+``../shared/data/reid-mini``, holding ``osnet_x0_25_msmt17.onnx`` and ``mot17-crops/`` or
+``market-samples/``), its real MOT17 crops are embedded by reidkern's own OSNet x0_25 loaded from
+the real ReID model (ONNX initializers, needs ``onnx``), cross-checked against onnxruntime running
+that ONNX file when onnxruntime is installed, split into query and gallery, evaluated with reidkern
+and checked against the float64 reference. Without the folder, identity-clustered synthetic
+features stand in. ``reidkern demo --dataset NAME`` scores the same model zero-shot on a dataset's
+test split (:func:`run_dataset`).
+
+Evaluation split for ``mot17-crops`` (see its README): each identity appears in one MOT17
+sequence only, so the sequence cannot serve as the camera; the frame number is used as the
+camera id instead (one crop per identity per frame). Query = the crop from each identity's
+first frame; gallery = all other crops. Under the Market protocol (gallery entries with the
+query's pid and camid removed) every query keeps its positives from the other frames.
+Consecutive frames are near-duplicates: numbers here check that the pipeline is right on real
+feature distributions, not how good the model is.
 """
+import os
 import time
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
+from reidkern.data.market1501 import parse_market_name
 from reidkern.data.paths import reid_mini_dir
 from reidkern.data.transforms import preprocess_batch
 from reidkern.metrics import evaluate_rank
 from reidkern.metrics.distance import ranking_distance
-from reidkern.models.demo import ONNX_NAME, osnet_on_crops, query_gallery_split
+from reidkern.models.backbones.osnet import osnet_x0_25
 from reidkern.ops.reference.evaluate_rank import evaluate_rank_reference
+
+__all__ = ["CropFeatures", "osnet_on_crops", "query_gallery_split", "embed_onnx", "synthetic_features",
+           "run", "run_dataset"]
+
+ONNX_NAME = "osnet_x0_25_msmt17.onnx"
+
+
+class CropFeatures(NamedTuple):
+    """features: float32 [N, 512]; pids, camids, frames: int64 [N]; paths: list of N str.
+    For ``mot17-crops`` ``camids`` are the frame numbers (see module docstring); for
+    ``market-samples`` they are Market's 0-based camera ids."""
+
+    features: torch.Tensor
+    pids: torch.Tensor
+    camids: torch.Tensor
+    frames: torch.Tensor
+    paths: List[str]
+
+
+def _resolve(data_dir: Optional[str]) -> str:
+    d = reid_mini_dir(data_dir)
+    if d is None:
+        raise FileNotFoundError(
+            f"reid-mini data folder not found (data_dir={data_dir!r}, REIDKERN_DATA="
+            f"{os.environ.get('REIDKERN_DATA')!r}, default ../shared/data/reid-mini)"
+        )
+    return d
+
+
+@torch.no_grad()
+def osnet_on_crops(
+    data_dir: Optional[str] = None,
+    subset: str = "mot17-crops",
+    batch_size: int = 64,
+    limit: Optional[int] = None,
+    model: Optional[torch.nn.Module] = None,
+) -> CropFeatures:
+    """Embed real crops with the real OSNet x0.25 (MSMT17) model on CPU.
+
+    Args:
+        data_dir: the reid-mini folder (default: ``$REIDKERN_DATA`` or ``../shared/data/reid-mini``).
+        subset: ``"mot17-crops"`` or ``"market-samples"``.
+        batch_size: images per forward pass.
+        limit: embed only the first ``limit`` crops in name order (quick checks).
+        model: an OSNet to use instead of loading the ONNX weights.
+
+    Returns:
+        CropFeatures (features are the model's 512-d output, not normalised).
+
+    Raises:
+        FileNotFoundError: data folder / subset / ONNX file missing. ValueError: bad subset or
+        batch_size.
+    """
+    if subset not in ("mot17-crops", "market-samples"):
+        raise ValueError(f"subset: expected 'mot17-crops' or 'market-samples', got {subset!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    root = _resolve(data_dir)
+    folder = os.path.join(root, subset)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"subset folder not found: {folder!r}")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(".jpg"))
+    if limit is not None:
+        paths = paths[:limit]
+    names = [parse_market_name(p) for p in paths]
+    if model is None:
+        model = osnet_x0_25(os.path.join(root, ONNX_NAME))
+    model.eval()
+    starts = range(0, len(paths), batch_size)
+    if len(starts) > 2:  # several seconds on a CPU: show progress
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="embed crops", unit="batch", leave=False)
+    feats = [model(preprocess_batch(paths[i:i + batch_size], (256, 128))) for i in starts]
+    frames = torch.tensor([n.frame for n in names], dtype=torch.long)
+    cams = frames if subset == "mot17-crops" else torch.tensor([n.camid for n in names], dtype=torch.long)
+    return CropFeatures(
+        torch.cat(feats), torch.tensor([n.pid for n in names], dtype=torch.long), cams.clone(), frames, paths
+    )
+
+
+def query_gallery_split(pids: torch.Tensor, frames: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Query = index of each identity's earliest-frame crop; gallery = all other indices.
+    Returns (query_idx, gallery_idx), int64, sorted."""
+    q = []
+    for pid in torch.unique(pids).tolist():
+        idx = torch.nonzero(pids == pid).flatten()
+        q.append(int(idx[torch.argmin(frames[idx])]))
+    q_idx = torch.tensor(sorted(q), dtype=torch.long)
+    mask = torch.ones(len(pids), dtype=torch.bool)
+    mask[q_idx] = False
+    return q_idx, torch.nonzero(mask).flatten()
 
 
 def embed_onnx(model_path, paths, batch_size=32):

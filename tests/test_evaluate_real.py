@@ -13,14 +13,12 @@ from reidkern.testing import backends_for
 @pytest.fixture(scope="module")
 def real_features(reid_mini):
     pytest.importorskip("onnxruntime")
-    from reidkern.models.demo import query_gallery_split
-
     crops = sorted(str(p) for p in (reid_mini / "mot17-crops").glob("*.jpg"))[:160]
     feats = torch.from_numpy(demo.embed_onnx(reid_mini / "osnet_x0_25_msmt17.onnx", crops))
     names = [parse_market_name(p) for p in crops]
     pids = torch.tensor([n.pid for n in names])
     frames = torch.tensor([n.frame for n in names])  # camera id = frame (reid-mini README)
-    q, g = query_gallery_split(pids, frames)
+    q, g = demo.query_gallery_split(pids, frames)
     return feats[q], feats[g], pids[q], pids[g], frames[q], frames[g]
 
 

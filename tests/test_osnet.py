@@ -112,7 +112,7 @@ def _reference_rank1_map(distmat, q_pids, g_pids, q_camids, g_camids):
 def real_features():
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from reidkern.models.demo import osnet_on_crops
+    from reidkern.demo import osnet_on_crops
 
     folder = os.path.join(DATA, "mot17-crops")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jpg"))
@@ -148,7 +148,8 @@ def test_osnet_equals_onnxruntime_on_real_crops(real_features):
 
 @needs_data
 def test_demo_features_rank1_map(real_features):
-    from reidkern.models.demo import cosine_distmat, query_gallery_split, rank1_map
+    from reidkern.demo import query_gallery_split
+    from reidkern.metrics import evaluate_rank, pairwise_distance
 
     paths, ours, _, demo, _ = real_features
     assert demo.paths == paths[:12]
@@ -157,10 +158,11 @@ def test_demo_features_rank1_map(real_features):
     frames = torch.tensor([int(os.path.basename(p).split("_")[2]) for p in paths])
     q, g = query_gallery_split(pids, frames)
     assert len(q) == 86 and len(q) + len(g) == 482
-    dist = cosine_distmat(ours[q], ours[g])
+    dist = pairwise_distance(ours[q].double(), ours[g].double(), "cosine")
     # camera id = frame number (README caveat): no query loses its positives
     ref = _reference_rank1_map(dist.numpy(), pids[q].tolist(), pids[g].tolist(), frames[q].tolist(), frames[g].tolist())
-    got = rank1_map(dist, pids[q], pids[g], frames[q], frames[g])
+    res = evaluate_rank(dist, pids[q], pids[g], frames[q], frames[g], max_rank=1)
+    got = (res.rank(1), res.mAP)
     print(f"\nOSNet x0.25 on mot17-crops: rank-1 {100 * ref[0]:.2f}%  mAP {100 * ref[1]:.2f}%")
     assert got == pytest.approx(ref, abs=1e-12)
     assert ref[0] > 0.9 and ref[1] > 0.8  # a trained ReID model on near-duplicate frames
@@ -169,7 +171,7 @@ def test_demo_features_rank1_map(real_features):
 @needs_data
 def test_market_samples_similarity():
     pytest.importorskip("onnx")
-    from reidkern.models.demo import osnet_on_crops
+    from reidkern.demo import osnet_on_crops
 
     out = osnet_on_crops(DATA, subset="market-samples")
     f = torch.nn.functional.normalize(out.features, dim=1)
