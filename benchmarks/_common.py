@@ -77,6 +77,35 @@ def peak_memory(fn, device="cpu"):
         return _cpu_peak(fn)
 
 
+def storage_ids(*tensors):
+    """Ids of the storages of ``tensors`` (for :func:`saved_for_backward_bytes`'s ``skip``)."""
+    return {t.untyped_storage()._cdata for t in tensors}
+
+
+def saved_for_backward_bytes(forward, skip=frozenset()):
+    """Exact bytes autograd keeps for the backward pass of ``forward()``: the distinct storages its
+    saved tensors live in, less those in ``skip`` (:func:`storage_ids` of parameters and inputs,
+    which exist anyway). The activation memory a training step holds between forward and backward;
+    counted through ``saved_tensors_hooks``, so any device (``meta`` too) gives it."""
+    seen = {}
+
+    def pack(x):
+        s = x.untyped_storage()
+        if s._cdata not in skip:
+            seen[s._cdata] = s.nbytes()
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        forward()
+    return sum(seen.values())
+
+
+def saved_memory_row(label, eager_bytes, reidkern_bytes):
+    """One markdown row: eager vs reidkern saved-for-backward MiB and the ratio."""
+    return (f"| {label} | eager {eager_bytes / 2**20:,.1f} MiB | reidkern {reidkern_bytes / 2**20:,.1f} MiB "
+            f"| {eager_bytes / reidkern_bytes:.2f}x less |")
+
+
 def _cpu_peak(fn):
     base = _rss_bytes()
     peak = [base]

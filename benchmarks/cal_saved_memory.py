@@ -18,22 +18,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _common import saved_for_backward_bytes, saved_memory_row, storage_ids  # noqa: E402
 from model_cases import cal as case  # noqa: E402
-
-
-def saved_bytes(impl, fmap, batch, skip):
-    seen = {}
-
-    def pack(x):
-        s = x.untyped_storage()
-        if s._cdata not in skip:
-            seen[s._cdata] = s.nbytes()
-        return x
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        out = impl.forward_head(fmap, batch["modality"], batch["pid"], batch["partner"])
-        impl.loss(out)
-    return sum(seen.values())
 
 
 def main(argv=None):
@@ -45,11 +31,14 @@ def main(argv=None):
     model.train()
     batch = case.make_batch(dataclasses.replace(case.CASES[0], batch=a.batch), False)
     fmap = torch.relu(torch.randn(a.batch, 2048, 18, 9)).requires_grad_()
-    skip = {p.untyped_storage()._cdata for p in model.parameters()} | {fmap.untyped_storage()._cdata}
-    r = saved_bytes(model, fmap, batch, skip)
-    e = saved_bytes(twin, fmap, batch, skip)
-    print(f"| CAL head (DRM + TSAA + classifiers + losses), batch {a.batch}, 18x9 maps "
-          f"| eager {e / 2**20:,.1f} MiB | reidkern {r / 2**20:,.1f} MiB | {e / r:.2f}x less |")
+    skip = storage_ids(*model.parameters(), fmap)
+
+    def head(impl):  # one training forward of the head, losses included
+        return lambda: impl.loss(impl.forward_head(fmap, batch["modality"], batch["pid"], batch["partner"]))
+
+    r = saved_for_backward_bytes(head(model), skip)
+    e = saved_for_backward_bytes(head(twin), skip)
+    print(saved_memory_row(f"CAL head (DRM + TSAA + classifiers + losses), batch {a.batch}, 18x9 maps", e, r))
 
 
 if __name__ == "__main__":

@@ -19,21 +19,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _common import saved_for_backward_bytes, saved_memory_row, storage_ids  # noqa: E402
 from model_cases import lgur as case  # noqa: E402
-
-
-def saved_bytes(impl, v, t, pad, skip):
-    seen = {}
-
-    def pack(x):
-        s = x.untyped_storage()
-        if s._cdata not in skip:
-            seen[s._cdata] = s.nbytes()
-        return x
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        impl.granularity_unify(v, t, pad)
-    return sum(seen.values())
 
 
 def main(argv=None):
@@ -47,11 +34,11 @@ def main(argv=None):
         v = torch.randn(a.batch, 192, 384, requires_grad=True)
         t = torch.randn(a.batch, case.CAPTION_LEN, 384, requires_grad=True)
         pad = (torch.arange(case.CAPTION_LEN)[None] >= torch.randint(32, 65, (a.batch, 1))).expand(a.batch, -1)
-    skip = {p.untyped_storage()._cdata for p in model.parameters()}
-    r = saved_bytes(model, v, t, pad, skip)
-    e = saved_bytes(twin, v, t, pad, skip)
-    print(f"| LGUR DGA+PGU, batch {a.batch}, 192 image tokens, captions {case.CAPTION_LEN} ({a.device}) "
-          f"| eager {e / 2**20:,.1f} MiB | reidkern {r / 2**20:,.1f} MiB | {e / r:.2f}x less |")
+    skip = storage_ids(*model.parameters())
+    r = saved_for_backward_bytes(lambda: model.granularity_unify(v, t, pad), skip)
+    e = saved_for_backward_bytes(lambda: twin.granularity_unify(v, t, pad), skip)
+    print(saved_memory_row(f"LGUR DGA+PGU, batch {a.batch}, 192 image tokens, captions {case.CAPTION_LEN} "
+                           f"({a.device})", e, r))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,11 @@ and to the Triton forward op (a ``torch.library.triton_op``) the first time the 
 so ``reidkern/triton/<op>.py`` holds kernels and launchers only and imports nothing from
 ``reidkern.ops`` (no import cycle).
 """
+import importlib
+
 import torch
+
+from reidkern._library import native_available
 
 _registered = set()
 
@@ -27,3 +31,24 @@ def register(forward, backward_op, make):
     backward, setup_context = make(backward_op)
     torch.library.register_autograd(forward, backward, setup_context=setup_context)
     _registered.add(key)
+
+
+def attach(op, make):
+    """Gives op ``op``'s autograd ``make`` to both of its forwards; returns its Triton loader.
+
+    The compiled forward ``reidkern::<op>_fwd`` (backward ``reidkern::<op>_bwd``) gets it now, when
+    the compiled library is loaded. The returned function imports ``reidkern.triton.<op>`` (and so
+    Triton) only when first called, gives its ``<op>_triton_fwd`` op the autograd with
+    ``<op>_triton_bwd`` as the backward, and returns the module: each op module defines
+    ``_triton = _autograd.attach("<op>", _make_autograd)`` and calls ``_triton().<launcher>``.
+    """
+    if native_available():
+        register(f"reidkern::{op}_fwd", getattr(torch.ops.reidkern, f"{op}_bwd"), make)
+
+    def triton_module():
+        tt = importlib.import_module(f"reidkern.triton.{op}")
+        register(getattr(tt, f"{op}_triton_fwd"), getattr(tt, f"{op}_triton_bwd"), make)
+        return tt
+
+    triton_module.__doc__ = f"reidkern.triton.{op}, its forward op given this op's autograd."
+    return triton_module

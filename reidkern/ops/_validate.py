@@ -13,6 +13,16 @@ def as_tensor(x, name: str, device=None) -> torch.Tensor:
         raise TypeError(f"{name} must be a tensor or array, got {type(x).__name__}") from exc
 
 
+def check_float_tensors(named) -> None:
+    """TypeError naming the first of the ``(name, value)`` pairs that is not a floating-point
+    torch.Tensor (ops that take tensors as they are, without converting arrays)."""
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
 def check_ndim(x: torch.Tensor, ndim: int, name: str, shape_doc: str) -> None:
     if x.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D {shape_doc}, got shape {tuple(x.shape)}")

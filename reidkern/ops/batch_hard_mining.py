@@ -24,6 +24,9 @@ from reidkern._metric import Metric
 from reidkern.ops.reference.batch_hard_mining import batch_hard_mining_reference
 
 
+_OP = "batch_hard_mining"
+
+
 class BatchHardResult(NamedTuple):
     """Result of :func:`batch_hard_mining` (all [B], on the embeddings' device)."""
 
@@ -73,17 +76,7 @@ def _make_autograd(backward_op):
     return backward, setup_context
 
 
-if native_available():
-    _autograd.register("reidkern::batch_hard_mining_fwd", torch.ops.reidkern.batch_hard_mining_bwd,
-                       _make_autograd)
-
-
-def _triton():
-    """reidkern.triton.batch_hard_mining, its forward op given this op's autograd."""
-    from reidkern.triton import batch_hard_mining as tt
-
-    _autograd.register(tt.batch_hard_mining_triton_fwd, tt.batch_hard_mining_triton_bwd, _make_autograd)
-    return tt
+_triton = _autograd.attach(_OP, _make_autograd)
 
 
 def _check_finite(x, name):
@@ -202,7 +195,7 @@ def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=Non
         offset = 0 if self_offset is None else int(self_offset)
     else:
         offset = -1 if self_offset is None else int(self_offset)
-    choice = resolve_backend("batch_hard_mining", embeddings.device, backend)
+    choice = resolve_backend(_OP, embeddings.device, backend)
     code = int(Metric.from_name(metric))
     if choice in ("cpp", "cuda"):
         out = torch.ops.reidkern.batch_hard_mining_fwd(embeddings, labels, ref_embeddings, ref_labels,

@@ -57,6 +57,7 @@ def _make_autograd(backward_op):
 
     return backward, setup_context
 
+
 if native_available():
     @torch.library.register_fake("reidkern::template_attention_fwd")
     def _(q, k, v, key_padding_mask, scale, return_weights):
@@ -70,25 +71,13 @@ if native_available():
         B, H, L, D = k.shape
         return q.new_empty(B, H, q.shape[2], D), torch.empty_like(k), torch.empty_like(v)
 
-    _autograd.register("reidkern::template_attention_fwd", torch.ops.reidkern.template_attention_bwd,
-                       _make_autograd)
 
-
-def _triton():
-    """reidkern.triton.template_attention, its forward op given this op's autograd."""
-    from reidkern.triton import template_attention as tt
-
-    _autograd.register(tt.template_attention_triton_fwd, tt.template_attention_triton_bwd, _make_autograd)
-    return tt
+_triton = _autograd.attach(_OP, _make_autograd)
 
 
 def _validate(q, k, v, key_padding_mask, scale):
     """Checks every argument; returns (scale as a float, B)."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    V.check_float_tensors((("q", q), ("k", k), ("v", v)))
     if q.dim() != 4:
         raise ValueError(f"q must be 4-D [B or 1, H, Nq, D], got shape {tuple(q.shape)}")
     if k.dim() != 4:

@@ -61,17 +61,7 @@ def _make_autograd(backward_op):
     return backward, setup_context
 
 
-if native_available():
-    _autograd.register("reidkern::topk_token_aggregate_fwd", torch.ops.reidkern.topk_token_aggregate_bwd,
-                       _make_autograd)
-
-
-def _triton():
-    """reidkern.triton.topk_token_aggregate, its forward op given this op's autograd."""
-    from reidkern.triton import topk_token_aggregate as tt
-
-    _autograd.register(tt.topk_token_aggregate_triton_fwd, tt.topk_token_aggregate_triton_bwd, _make_autograd)
-    return tt
+_triton = _autograd.attach(_OP, _make_autograd)
 
 
 def resolve_k(L, Np, k=None, alpha=None):
@@ -96,11 +86,7 @@ def resolve_k(L, Np, k=None, alpha=None):
 
 
 def _validate(scores, tokens):
-    for name, t in (("scores", scores), ("tokens", tokens)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    V.check_float_tensors((("scores", scores), ("tokens", tokens)))
     if scores.dim() != 3:
         raise ValueError(f"scores must be 3-D [B, L, Np], got shape {tuple(scores.shape)}")
     if tokens.dim() != 3:

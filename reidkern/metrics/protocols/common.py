@@ -7,8 +7,11 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+from reidkern.metrics.rank import evaluate_features
+from reidkern.ops import _validate as V
 
-__all__ = ["TrialsResult", "check_query_ids", "camera_free", "MISSING_CHOICES"]
+
+__all__ = ["TrialsResult", "check_query_ids", "camera_free", "evaluate_whole_gallery", "MISSING_CHOICES"]
 
 MISSING_CHOICES = ("raise", "skip")
 
@@ -36,6 +39,27 @@ def camera_free(q_camids: torch.Tensor, g_camids: torch.Tensor):
     if bool((g_camids == -1).any()):
         g_camids = torch.where(g_camids == -1, torch.full_like(g_camids, -2), g_camids)
     return q_camids, g_camids
+
+
+def evaluate_whole_gallery(qf, gf, q_pids, g_pids, metric: str, max_rank: int, missing: str,
+                           names=("qf", "gf", "q_pids", "g_pids"), counts=("num_query", "num_gallery"),
+                           **kwargs):
+    """Every query ranked against the whole gallery, nothing removed: query and gallery come from
+    different cameras or modalities (RegDB, text-to-image). Checks the ids (errors name the
+    caller's arguments, ``names``, and their lengths, ``counts``), then
+    :func:`reidkern.metrics.evaluate_features` with camera ids that never match.
+
+    Returns:
+        :class:`reidkern.metrics.RankResult`.
+    """
+    qf = V.as_tensor(qf, names[0])
+    gf = V.as_tensor(gf, names[1])
+    dev = qf.device
+    q_pids = V.check_ids(q_pids, qf.shape[0], names[2], counts[0], dev)
+    g_pids = V.check_ids(g_pids, gf.shape[0], names[3], counts[1], dev)
+    check_query_ids(q_pids, g_pids, missing)
+    return evaluate_features(qf, gf, q_pids, g_pids, torch.full_like(q_pids, -1),
+                             torch.full_like(g_pids, -2), metric=metric, max_rank=max_rank, **kwargs)
 
 
 

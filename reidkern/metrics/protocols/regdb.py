@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
-from reidkern.metrics.protocols.common import TrialsResult, check_query_ids
-from reidkern.metrics.rank import RankResult, evaluate_features
-from reidkern.ops import _validate as V
+from reidkern.metrics.protocols.common import TrialsResult, evaluate_whole_gallery
+from reidkern.metrics.rank import RankResult
 
 __all__ = ["evaluate_regdb", "evaluate_regdb_trials"]
 
@@ -30,16 +27,7 @@ def evaluate_regdb(qf, gf, q_pids, g_pids, metric: str = "euclidean", max_rank: 
     Raises:
         ValueError: query ids absent from the gallery (``missing="raise"``), bad shapes.
     """
-    qf = V.as_tensor(qf, "qf")
-    gf = V.as_tensor(gf, "gf")
-    dev = qf.device
-    q_pids = V.check_ids(q_pids, qf.shape[0], "q_pids", "num_query", dev)
-    g_pids = V.check_ids(g_pids, gf.shape[0], "g_pids", "num_gallery", dev)
-    check_query_ids(q_pids, g_pids, missing)
-    q_cam = torch.full_like(q_pids, -1)
-    g_cam = torch.full_like(g_pids, -2)
-    return evaluate_features(qf, gf, q_pids, g_pids, q_cam, g_cam, metric=metric, max_rank=max_rank,
-                             **kwargs)
+    return evaluate_whole_gallery(qf, gf, q_pids, g_pids, metric, max_rank, missing, **kwargs)
 
 
 def evaluate_regdb_trials(trials: Sequence, metric: str = "euclidean", max_rank: int = 20,

@@ -8,11 +8,8 @@ ties ranked by gallery index).
 """
 from __future__ import annotations
 
-import torch
-
-from reidkern.metrics.protocols.common import check_query_ids
-from reidkern.metrics.rank import RankResult, evaluate_features
-from reidkern.ops import _validate as V
+from reidkern.metrics.protocols.common import evaluate_whole_gallery
+from reidkern.metrics.rank import RankResult
 
 __all__ = ["evaluate_text_to_image"]
 
@@ -30,11 +27,6 @@ def evaluate_text_to_image(text_feats, image_feats, text_pids, image_pids, metri
     Returns:
         RankResult: ``rank(1)``, ``rank(5)``, ``rank(10)``, ``mAP``, ``mINP``.
     """
-    text_feats = V.as_tensor(text_feats, "text_feats")
-    image_feats = V.as_tensor(image_feats, "image_feats")
-    dev = text_feats.device
-    text_pids = V.check_ids(text_pids, text_feats.shape[0], "text_pids", "num_captions", dev)
-    image_pids = V.check_ids(image_pids, image_feats.shape[0], "image_pids", "num_images", dev)
-    check_query_ids(text_pids, image_pids, missing)
-    return evaluate_features(text_feats, image_feats, text_pids, image_pids, torch.full_like(text_pids, -1),
-                             torch.full_like(image_pids, -2), metric=metric, max_rank=max_rank, **kwargs)
+    return evaluate_whole_gallery(text_feats, image_feats, text_pids, image_pids, metric, max_rank, missing,
+                                  names=("text_feats", "image_feats", "text_pids", "image_pids"),
+                                  counts=("num_captions", "num_images"), **kwargs)
