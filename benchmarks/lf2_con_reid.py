@@ -45,6 +45,16 @@ def main(argv=None):
     p.add_argument("--pk-batch", type=int, default=64, help="images per P×K block (official 64 = 16 × 4)")
     p.add_argument("--limit-test", type=int, default=0, help="every N-th query/gallery image only (smoke runs)")
     p.add_argument("--gallery-every", type=int, default=1, help="all queries, every N-th gallery image (CPU budget)")
+    p.add_argument("--pooling", choices=("avg", "avgmax"), default="avg",
+                   help="global-branch pooling (OSNet default avg; official avgmax)")
+    p.add_argument("--part-init", choices=("identity", "kaiming"), default="identity",
+                   help="part projections' init (OSNet default identity; official kaiming)")
+    p.add_argument("--backbone-lr-mult", type=float, default=1.0, help="student backbone lr = lr x this (official 1)")
+    p.add_argument("--frozen", default="", help="comma-separated student backbone stages kept frozen, e.g. conv1,conv2,conv3")
+    p.add_argument("--k1", type=int, default=20, help="DBSCAN's Jaccard k1")
+    p.add_argument("--cluster-no-flip", action="store_true", help="no flip averaging of the clustering features only")
+    p.add_argument("--eval-no-flip", action="store_true",
+                   help="per-epoch scores without flip; the last model is scored with flip too")
     args = p.parse_args(argv)
 
     if args.table_only:
@@ -53,8 +63,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from reidkern.data import build_dataset, shared_data_dir
-    from reidkern.engine import get_recipe
-    from reidkern.engine.recipes.lf2 import build_lf2, build_lf2_trainer, evaluate_target
+    from reidkern.engine.recipes.lf2 import build_lf2, build_lf2_trainer, evaluate_target, lf2_osnet_recipe
 
     base = args.data or os.path.dirname(shared_data_dir("con-reid") or "")
     if not base or not os.path.isdir(os.path.join(base, "con-reid")):
@@ -70,10 +79,13 @@ def main(argv=None):
         ds.query, ds.gallery = ds.query[:: args.limit_test], ds.gallery[:: args.limit_test]
     onnx = os.path.join(base, "reid-mini", "osnet_x0_25_msmt17.onnx")
     torch.manual_seed(args.seed)
-    model = build_lf2(backbone="osnet_x0_25", weights=onnx, num_clusters=args.num_clusters)
+    model = build_lf2(backbone="osnet_x0_25", weights=onnx, num_clusters=args.num_clusters,
+                      pooling=args.pooling, part_init=args.part_init)
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
-    recipe = get_recipe("lf2", lr=args.lr, batch_size=3 * args.pk_batch, flip_test=not args.no_flip)
+    frozen = tuple(f"student.backbone.{s}" for s in args.frozen.split(",") if s)
+    recipe = lf2_osnet_recipe(backbone_lr_mult=args.backbone_lr_mult, frozen=frozen, lr=args.lr,
+                        batch_size=3 * args.pk_batch, flip_test=not (args.no_flip or args.eval_no_flip))
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     rows = []
@@ -91,18 +103,21 @@ def main(argv=None):
         print(json.dumps(rows[-1]), flush=True)
         with open(os.path.join(args.out, "zero_shot.json"), "w") as f:
             json.dump(rows[-1], f)
-    dbscan = {"eps": args.eps, "min_samples": args.min_samples}
+    dbscan = {"eps": args.eps, "min_samples": args.min_samples, "k1": args.k1}
     trainer = build_lf2_trainer(model, ds, epochs=args.epochs, iters=args.iters, recipe=recipe,
                                 method=args.method, num_clusters=args.num_clusters, dbscan_kwargs=dbscan, pk_batch=args.pk_batch,
                                 seed=args.seed, out_dir=args.out, report_quality=True, progress=False,
-                                evaluate=not args.no_eval, cluster_flip=not args.no_flip)
+                                evaluate=not args.no_eval, cluster_flip=not (args.no_flip or args.cluster_no_flip),
+                                frozen=frozen)
     trainer.fit()
-    if args.gallery_every > 1 and not args.no_eval:
-        # The last teacher on the whole gallery too (the per-epoch scores use every N-th image).
+    if (args.gallery_every > 1 or args.eval_no_flip) and not args.no_eval:
+        # The last teacher on the whole gallery, flip-averaged unless --no-flip (the per-epoch
+        # scores may use every N-th gallery image and no flip).
         full = build_dataset("con-reid", os.path.join(base, "con-reid"))
-        final = evaluate_target(trainer.model, full, recipe)
+        final = evaluate_target(trainer.model, full, dataclasses.replace(recipe, flip_test=not args.no_flip))
         with open(os.path.join(args.out, "final_full_gallery.json"), "w") as f:
-            json.dump({"epoch": f"last (full gallery, {len(full.gallery)} images)", **final}, f)
+            json.dump({"epoch": f"last (full gallery, {len(full.gallery)} images, flip {'off' if args.no_flip else 'on'})",
+                       **final}, f)
         print(json.dumps(final), flush=True)
     rows = rows_from_log(args.out)
     with open(os.path.join(args.out, "table.json"), "w") as f:

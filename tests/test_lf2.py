@@ -111,6 +111,37 @@ def test_forward_matches_official_formulas_float64():
     torch.testing.assert_close(model(x), F.normalize(torch.cat([to.global_feat, to.upper_feat, to.lower_feat], 1)))
 
 
+def test_source_preserving_head_starts_at_the_source_features_float64():
+    # pooling="avg", part_init="identity" (lf2_osnet_x0_25's defaults): at initialisation (eval,
+    # BatchNorms at their initial running statistics) the global feature is the map's GAP — the
+    # source model's own pooled feature — and each part's feature is the part's GAP.
+    torch.manual_seed(0)
+    net = LF2Net(TinyTrunk(16), 16, 5, pooling="avg", part_init="identity").double()
+    model = LF2(net).eval()
+    x = torch.randn(3, 3, 12, 8, dtype=torch.float64)
+    fm = net.backbone.featuremaps(x)
+    gap = lambda z: z.mean((2, 3))
+    bn_scale = 1.0 / (1.0 + net.bn_global.eps) ** 0.5  # running_var 1 at init
+    out = net(x)
+    torch.testing.assert_close(out.global_feat, gap(fm) * bn_scale)
+    torch.testing.assert_close(out.upper_feat, gap(fm[:, :, :3]) * bn_scale)
+    torch.testing.assert_close(out.lower_feat, gap(fm[:, :, 3:6]) * bn_scale)
+    g, _, _ = model.clustering_features(x)
+    torch.testing.assert_close(g, gap(fm) * bn_scale)  # the fusion pools the same way
+    # The part projections still see concat(GAP, GMP) and learn from it.
+    assert net.fc_upper.weight.shape == (16, 32) and net.fc_upper.weight.requires_grad
+    # The OSNet configuration defaults to it; ResNet-50 keeps the official head.
+    assert lf2_osnet_x0_25().pooling == "avg"
+    with torch.device("meta"):
+        assert lf2_resnet50().pooling == "avgmax"
+
+
+@pytest.mark.parametrize("kw, match", [({"pooling": "max"}, "pooling"), ({"part_init": "zeros"}, "part_init")])
+def test_bad_head_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        LF2Net(TinyTrunk(16), 16, 5, **kw)
+
+
 def test_part_split_needs_two_rows():
     model = tiny_lf2()
     with pytest.raises(ValueError, match="at least 2 rows"):

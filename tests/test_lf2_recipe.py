@@ -128,3 +128,24 @@ def test_engine_train_runs_the_recipe(target_records, tmp_path):
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert sum("global_clusters" in x for x in lines) == 2  # a pseudo-label epoch per epoch
     assert sum("loss" in x for x in lines) == 4
+
+
+def test_param_groups_backbone_lr_and_frozen_stages():
+    from reidkern.engine.recipes.lf2 import lf2_osnet_recipe, lf2_param_groups
+    from reidkern.engine.schedule import build_optimizer
+
+    model = LF2(LF2Net(TinyTrunk(16), 16, num_classes=4))
+    # Official: one group at the recipe's lr.
+    opt = build_optimizer(get_recipe("lf2"), model)
+    assert [g["lr"] for g in opt.param_groups] == [3.5e-4]
+    recipe = lf2_osnet_recipe(backbone_lr_mult=0.1, frozen=("student.backbone.conv1",))
+    opt = build_optimizer(recipe, model)
+    body, head = opt.param_groups
+    assert body["lr"] == pytest.approx(3.5e-5) and head["lr"] == 3.5e-4
+    assert {id(p) for p in body["params"]} == {id(p) for p in model.student.backbone.parameters()}
+    assert not any(p is q for p in head["params"] for q in model.teacher.parameters())
+    # The frozen stage is a FreezeSchedule hook of the recipe.
+    hooks = recipe.hooks(model)
+    assert hooks[-1].frozen == ["student.backbone.conv1"]
+    with pytest.raises(ValueError, match="backbone_lr_mult"):
+        lf2_param_groups(0.0)

@@ -32,7 +32,8 @@ from reidkern.uda import PseudoLabelStep, pseudo_label_quality
 from reidkern.uda.lf2_epoch import BRANCHES, extract_clustering_features, pseudo_label_epoch
 
 __all__ = ["LF2Sampler", "LF2PseudoLabelHook", "LF2TeacherHook", "build_lf2", "build_lf2_trainer",
-           "evaluate_target", "lf2_compute_loss", "lf2_extract", "lf2_recipe", "lf2_source_recipe"]
+           "evaluate_target", "lf2_compute_loss", "lf2_extract", "lf2_param_groups", "lf2_recipe",
+           "lf2_source_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ PK_BATCH = 64  # official: 16 identities × 4 images per label set
 
 
 def build_lf2(num_classes: int = 0, *, backbone: str = "resnet50", weights=None, num_clusters: int = 700,
-              source_weights=None) -> LF2:
+              source_weights=None, **head_kwargs) -> LF2:
     """Stage-2 model: student and teacher LF2 networks (+ fusion).
 
     Args:
@@ -51,14 +52,16 @@ def build_lf2(num_classes: int = 0, *, backbone: str = "resnet50", weights=None,
             ``.pth``), used when ``source_weights`` is None.
         source_weights: a stage-1 ``lf2-source`` checkpoint's model state_dict (or file) to start
             from (official: both networks from the source model; heads it lacks keep their init).
+        head_kwargs: ``pooling`` / ``part_init`` of :class:`~reidkern.models.lf2.LF2Net` (OSNet's
+            defaults: GAP and identity part projections; ResNet-50's: the official head).
 
     Raises:
-        ValueError: unknown backbone.
+        ValueError: unknown backbone, bad head arguments.
     """
     if backbone == "resnet50":
-        net = lf2_resnet50(num_classes=num_clusters, weights=weights)
+        net = lf2_resnet50(num_classes=num_clusters, weights=weights, **head_kwargs)
     elif backbone in ("osnet_x0_25", "osnet"):
-        net = lf2_osnet_x0_25(num_classes=num_clusters, weights=weights)
+        net = lf2_osnet_x0_25(num_classes=num_clusters, weights=weights, **head_kwargs)
     else:
         raise ValueError(f"backbone: expected 'resnet50' or 'osnet_x0_25', got {backbone!r}")
     if source_weights is not None:
@@ -281,15 +284,46 @@ class _Labels:
         self.labels = labels
 
 
-def lf2_recipe(iters: int = 400, method: str = "kmeans", dbscan_kwargs: Optional[dict] = None, **kw) -> Recipe:
+def lf2_param_groups(backbone_lr_mult: float = 1.0):
+    """``Recipe.param_groups`` for stage 2: the student's backbone at ``lr · backbone_lr_mult``,
+    everything else that trains (heads, classifier, fusion BatchNorm weights) at ``lr``. The
+    official code trains all at one lr (``backbone_lr_mult=1``); a pretrained trunk without
+    BatchNorm (OSNet's BN-folded export) keeps its quality only at a smaller lr.
+
+    Raises:
+        ValueError: ``backbone_lr_mult`` not > 0.
+    """
+    if not backbone_lr_mult > 0:
+        raise ValueError(f"backbone_lr_mult: expected > 0, got {backbone_lr_mult!r}")
+
+    def groups(model, lr):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        body = [p for n, p in named if n.startswith("student.backbone.")]
+        head = [p for n, p in named if not n.startswith("student.backbone.")]
+        if backbone_lr_mult == 1.0:
+            return [{"params": body + head, "lr": lr}]
+        return [{"params": body, "lr": lr * backbone_lr_mult, "name": "backbone"},
+                {"params": head, "lr": lr, "name": "head"}]
+
+    return groups
+
+
+def lf2_recipe(iters: int = 400, method: str = "kmeans", dbscan_kwargs: Optional[dict] = None,
+               backbone_lr_mult: float = 1.0, frozen: Sequence[str] = (), **kw) -> Recipe:
     """Stage 2 (official ``target_train.py``): Adam 3.5e-4, weight decay 5e-4, constant lr, 80
     epochs × ``iters`` = 400 iterations, batches of 3 × (16 × 4), random erasing on (target
     fine-tuning only), α = 0.999, k-means with k = ``model_kwargs["num_clusters"]`` (700,
     Duke→Market) or ``method="dbscan"``. No validation split (the target is unlabeled).
 
+    ``backbone_lr_mult``: the student backbone's lr factor (:func:`lf2_param_groups`; official 1).
+    ``frozen``: parameter-name prefixes kept frozen (e.g. ``"student.backbone.conv1"``; a
+    :class:`~reidkern.engine.hooks.FreezeSchedule`); official none.
+
     For ``reidkern.engine.train`` / ``reidkern train lf2``: the recipe's ``train_sampler`` and
     ``hooks`` share the pseudo-labels, the hook clusters ``trainer.dataset.train``.
     """
+    from reidkern.engine.hooks import FreezeSchedule
+
     shared = _Labels()
 
     def train_sampler(records, batch_size, num_instances, seed=0):
@@ -303,14 +337,15 @@ def lf2_recipe(iters: int = 400, method: str = "kmeans", dbscan_kwargs: Optional
         kmeans_kwargs = {"global": {"init_size": 1500}, "upper": {"init_size": 900}, "lower": {"init_size": 900}}
         step = PseudoLabelStep(BRANCHES, method=method, num_clusters=k, kmeans_kwargs=kmeans_kwargs,
                                dbscan_kwargs=dbscan_kwargs, seed=r.seed)
-        return [LF2PseudoLabelHook(None, shared, step, height=None, width=None, flip=None), LF2TeacherHook()]
+        extra = [FreezeSchedule(tuple(frozen), {})] if frozen else []
+        return [LF2PseudoLabelHook(None, shared, step, height=None, width=None, flip=None), LF2TeacherHook()] + extra
 
     r = Recipe(name="lf2", task="uda", build_model=build_lf2, compute_loss=lf2_compute_loss,
                extract=lf2_extract, height=256, width=128, num_instances=4, batch_size=3 * PK_BATCH,
                optimizer="adam", lr=3.5e-4, weight_decay=5e-4, epochs=80, scheduler="step",
                milestones=(), gamma=0.1, warmup_epochs=0, metric="cosine", flip_test=True, val_ids=0,
                model_kwargs={"backbone": "resnet50", "num_clusters": 700}, train_sampler=train_sampler,
-               hooks=hooks)
+               hooks=hooks, param_groups=lf2_param_groups(backbone_lr_mult))
     for key, v in kw.items():
         setattr(r, key, v)
     return r
@@ -401,7 +436,8 @@ def build_lf2_trainer(model: LF2, dataset, *, epochs: int, iters: int = 400, rec
                       method: str = "kmeans", num_clusters: int = 700, dbscan_kwargs: Optional[dict] = None,
                       pk_batch: int = PK_BATCH, seed: int = 0, out_dir: Optional[str] = None,
                       report_quality: bool = False, evaluate: bool = True, num_workers: int = 0,
-                      extract_batch_size: int = 128, progress: bool = True, cluster_flip: bool = True) -> "Trainer":
+                      extract_batch_size: int = 128, progress: bool = True, cluster_flip: bool = True,
+                      frozen: Sequence[str] = ()) -> "Trainer":
     """A :class:`reidkern.engine.Trainer` for LF2 stage 2 on ``dataset.train`` (labels unused).
 
     Args:
@@ -416,6 +452,8 @@ def build_lf2_trainer(model: LF2, dataset, *, epochs: int, iters: int = 400, rec
         report_quality: log NMI / ARI of the pseudo-labels against ``dataset.train`` pids.
         evaluate: validate (teacher R1 / mAP) after every epoch.
         cluster_flip: flip-average the clustering features (official: yes).
+        frozen: parameter-name prefixes kept frozen (e.g. ``"student.backbone.conv1"``); the
+            recipe's ``param_groups`` set the learning rates (see :func:`lf2_param_groups`).
 
     Raises:
         ValueError: a recipe batch size other than 3 · pk_batch.
@@ -441,6 +479,10 @@ def build_lf2_trainer(model: LF2, dataset, *, epochs: int, iters: int = 400, rec
                                 report_quality=report_quality, loader=loader, num_workers=num_workers,
                                 flip=cluster_flip),
              LF2TeacherHook()]
+    if frozen:
+        from reidkern.engine.hooks import FreezeSchedule
+
+        hooks.append(FreezeSchedule(tuple(frozen), {}))
     validate = (lambda tr: evaluate_target(tr.model, dataset, recipe, extract_batch_size, num_workers)) \
         if evaluate else None
     return Trainer(recipe, model, loader, total_steps=epochs * iters, out_dir=out_dir, hooks=hooks,
