@@ -27,7 +27,9 @@ def batch(b=8, h=32, w=16, dtype=torch.float64, seed=0):
 CONFIGS = {
     "default": {},
     "heads_layers": dict(encoder_heads=2, encoder_depth=2, part_layers=2, template_scale=0.25),
-    "no_weighting_no_bnneck": dict(part_weighting=False, bnneck=False, num_parts=1, gamma=0.5),
+    "rho_gradient": dict(detach_rho=False),
+    "no_weighting_no_bnneck": dict(part_weighting=False, bnneck=False, num_parts=1, gamma=0.5,
+                                   reduce_norm=False, triplet_metric="euclidean", query_std=0.25),
     "mid_equals_final": dict(mid_stage="layer2"),
 }
 
@@ -82,6 +84,21 @@ def test_float32_model_matches_float64_twin():
     assert_close(loss, loss_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_part_templates_start_diverse():
+    # A fresh model's part vectors must not all be one vector: the diversity loss (mean cos² over
+    # pairs) has a stationary point at cos² = 1 and cannot leave it (the failure of N(0, 1/d)
+    # queries with a bias-only 1x1 reduction, measured on Con-ReID in docs/models/dpti.md).
+    torch.manual_seed(6)
+    x, _ = batch(b=8, h=64, w=32, dtype=torch.float32)
+    model = tiny(num_parts=4, dim=32)
+    with torch.no_grad():
+        div = float(model.diversity(model(x)["parts"]))
+        model.templates.part_queries.mul_(32 ** -0.5)  # the former N(0, 1/d) init
+        model.reduce_norm = torch.nn.Identity()  # and no norm after the 1x1 reduction
+        div_old = float(model.diversity(model(x)["parts"]))
+    assert div < 0.97 and div_old > 0.99, (div, div_old)
+
+
 def test_extract_flip_and_mode_restored():
     model = randomize_batchnorm(tiny()).train()
     x, _ = batch(b=2, dtype=torch.float32)
@@ -104,6 +121,10 @@ def test_bad_arguments_and_inputs():
         tiny(final_stage="layer5")
     with pytest.raises(ValueError, match="part_heads"):
         tiny(part_heads=3)
+    with pytest.raises(ValueError, match="query_std"):
+        tiny(query_std=-1.0)
+    with pytest.raises(ValueError, match="triplet_metric"):
+        tiny(triplet_metric="manhattan")
     model = tiny()
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         model(torch.randn(2, 1, 32, 16))

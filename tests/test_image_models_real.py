@@ -54,6 +54,9 @@ def test_recipe_trains_on_real_crops_and_evaluates(name, conreid, tmp_path):
     losses = [r["loss"] for r in history if "loss" in r]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0], losses
+    if name == "dpti":  # the part vectors move apart (they used to start as one vector and stay there)
+        div = [r["loss_diversity"] for r in history if "loss_diversity" in r]
+        assert div[-1] < div[0] < 0.99, div
 
     test_tf = build_transforms(h, w, train=False)
     q = ImageDataset(conreid.query[:12], test_tf)

@@ -85,7 +85,8 @@ def plot_curves(metrics_jsonl: str, out: str) -> str:
         raise ValueError(f"metrics_jsonl: {metrics_jsonl!r} has no step records")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     x = [r["step"] for r in steps]
-    for key in ("loss", "ce", "tri"):
+    terms = [k for k in steps[0] if k.startswith("loss_")]  # a recipe's logged loss terms
+    for key in ("loss", "ce", "tri", *terms):
         if key in steps[0]:
             axes[0].plot(x, [r[key] for r in steps], label=key, lw=1)
     axes[0].set_xlabel("step")

@@ -77,11 +77,32 @@ class DPTI(nn.Module):
             FFN width (default 2·d) (*unverified*). Each layer is a pre-LN cross-attention block with
             a residual on the templates (:class:`reidkern.nn.TemplateCrossAttention`).
         template_scale: logit scale of Eq. 5 (default 1.0: γ_i = A_lᵀ q_{t,i} unscaled, as written).
+        query_std: the learnt part queries q_{t,i} start N(0, query_std²) (default 1.0, the
+            ``nn.Embedding`` init DETR's learnt queries use). With the unscaled Eq. 5 this makes each
+            template's softmax over A_l selective from the first step, so the N templates start
+            different; at std d^-½ the softmax is near uniform, every template is ≈ W_tv·mean(A_l),
+            and the diversity loss sits at its stationary point cos² = 1 (measured on Con-ReID:
+            docs/models/dpti.md).
+        reduce_norm: BatchNorm after the 1×1 conv F_l → d (default True; the conv then has no bias).
+            The paper says only "1×1 conv"; without a norm the tokens of a post-ReLU map share a
+            large common component (mean cosine to the image's mean token 0.95 after the encoder
+            at random init), so templates drawn from different tokens are still almost parallel.
         part_weighting: scale part i by N·ρ_i (adaptive part weighting; default True).
+        detach_rho: the weights N·ρ_i scale the parts but pass no gradient back to the Eq. 5 mean
+            logits (default True; ρ still follows the templates' attention, which trains through
+            the templates). With the gradient, the losses reward whichever part is weighted most and
+            the encoder learns to align every image's mean token with that part's query: measured on
+            Con-ReID (docs/models/dpti.md), ρ one-hot on the same part for all 64 images after 40
+            steps, the descriptor then one part ×6 (the paper does not say; *unverified*).
         bnneck: classifier on BatchNorm(descriptor) (BNNeck, Luo et al. 2019; bias frozen) — the
             paper does not say; default True (*unverified*).
         alpha, beta, gamma: loss weights of CE, triplet and diversity (default 1, 1, 1, *unverified*).
         margin: triplet margin (default 0.3); label_smoothing: CE label smoothing (default 0).
+        triplet_metric: distance of the batch-hard triplet loss on the descriptor: "cosine"
+            (default: the distance the paper ranks with, so the N·ρ_i weighting acts on it the way
+            it acts at test time; bounded, where the Euclidean loss on the raw 1,792-d descriptor
+            swung between 2 and 13 from batch to batch at random init) or "euclidean" (Bag of
+            Tricks). *unverified*: the paper does not say.
         last_stride: stride of layer4 (1, the ReID default: 256×128 → 16×8).
         dropout: in the encoder and part-attention FFNs (default 0).
         backend: reidkern kernel backend of the attention layers and the triplet mining (None:
@@ -94,7 +115,8 @@ class DPTI(nn.Module):
 
     Raises:
         ValueError: bad arguments (num_classes < 2, num_parts < 1, unknown or misordered stages,
-            heads not dividing d), a non-[B, 3, H, W] input, pids of the wrong shape.
+            heads not dividing d, query_std < 0, an unknown triplet_metric), a non-[B, 3, H, W]
+            input, pids of the wrong shape.
         TypeError: a non-tensor or non-floating input.
     """
 
@@ -102,9 +124,11 @@ class DPTI(nn.Module):
                  final_stage: str = "layer4", encoder_depth: int = 1, encoder_heads: int = 1,
                  encoder_ffn_dim: Optional[int] = None, part_layers: int = 1, part_heads: int = 8,
                  part_ffn_dim: Optional[int] = None, template_scale: float = 1.0, part_weighting: bool = True,
+                 detach_rho: bool = True,
                  bnneck: bool = True, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0,
                  margin: float = 0.3, label_smoothing: float = 0.0, last_stride: int = 1,
-                 dropout: float = 0.0, backend: Optional[str] = None):
+                 dropout: float = 0.0, reduce_norm: bool = True, query_std: float = 1.0,
+                 triplet_metric: str = "cosine", backend: Optional[str] = None):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         self.num_parts = check_int(num_parts, "num_parts", 1, "part templates N")
@@ -120,16 +144,18 @@ class DPTI(nn.Module):
         if dim % part_heads:
             raise ValueError(f"part_heads: {part_heads} does not divide dim {dim}")
         self.mid_stage, self.final_stage = mid_stage, final_stage
-        self.part_weighting, self.backend = bool(part_weighting), backend
+        self.part_weighting, self.detach_rho, self.backend = bool(part_weighting), bool(detach_rho), backend
         self.alpha, self.beta, self.gamma = (check_float(alpha, "alpha"), check_float(beta, "beta"),
                                              check_float(gamma, "gamma"))
         self.label_smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
         ffn = 2 * dim
         self.backbone = ResNetTrunk(STAGES[:STAGES.index(final_stage) + 1], last_stride=last_stride)
-        self.reduce = nn.Conv2d(STAGE_CHANNELS[mid_stage], dim, 1)
+        self.reduce = nn.Conv2d(STAGE_CHANNELS[mid_stage], dim, 1, bias=not reduce_norm)
+        self.reduce_norm = nn.BatchNorm2d(dim) if reduce_norm else nn.Identity()
         self.encoder = nn.ModuleList(
             SpatialEncoder(dim, encoder_heads, encoder_ffn_dim or ffn, dropout) for _ in range(encoder_depth))
         self.templates = PartTemplateInit(dim, num_parts, scale=template_scale, backend=backend)
+        nn.init.normal_(self.templates.part_queries, std=check_float(query_std, "query_std"))
         self.part_attention = nn.ModuleList(
             TemplateCrossAttention(dim, num_heads=part_heads, context_dim=STAGE_CHANNELS[final_stage],
                                    shared_norm=False, ffn_dim=part_ffn_dim or ffn, dropout=dropout,
@@ -142,7 +168,9 @@ class DPTI(nn.Module):
             self.bottleneck.bias.requires_grad_(False)
         self.classifier = nn.Linear(out, num_classes, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.001)
-        self.triplet = TripletLoss(margin=margin, backend=backend)
+        if triplet_metric not in ("cosine", "euclidean", "sqeuclidean"):
+            raise ValueError(f"triplet_metric: expected 'cosine', 'euclidean' or 'sqeuclidean', got {triplet_metric!r}")
+        self.triplet = TripletLoss(margin=margin, metric=triplet_metric, backend=backend)
         self.diversity = PartDiversityLoss("cosine")
 
     # ---- forward --------------------------------------------------------------------------
@@ -153,14 +181,16 @@ class DPTI(nn.Module):
         return feats[self.mid_stage], feats[self.final_stage]
 
     def descriptor(self, parts: torch.Tensor, rho: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
-        """Adaptive part weighting and concatenation: ``[N ρ_1 f_1, …, N ρ_N f_N, f_g]``."""
+        """Adaptive part weighting and concatenation: ``[N ρ_1 f_1, …, N ρ_N f_N, f_g]`` (ρ as a
+        constant of the backward with ``detach_rho``)."""
         if self.part_weighting:
+            rho = rho.detach() if self.detach_rho else rho
             parts = parts * (self.num_parts * rho).unsqueeze(-1)
         return torch.cat([parts.flatten(1), glob], dim=1)
 
     def forward_head(self, mid: torch.Tensor, final: torch.Tensor):
         """Everything after the backbone (see the class docstring for the outputs)."""
-        tokens = self.reduce(mid).flatten(2).transpose(1, 2)  # [B, h·w, d]
+        tokens = self.reduce_norm(self.reduce(mid)).flatten(2).transpose(1, 2)  # [B, h·w, d]
         for layer in self.encoder:
             tokens = layer(tokens)  # A_l
         templates, rho = self.templates(tokens)  # Eq. 5–6; ρ = softmax_i(mean_j γ_ij)

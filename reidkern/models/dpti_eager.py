@@ -82,7 +82,7 @@ class DPTIEager(nn.Module):
 
     def forward_head(self, mid, final):
         m = self.model
-        tokens = m.reduce(mid).flatten(2).transpose(1, 2)
+        tokens = m.reduce_norm(m.reduce(mid)).flatten(2).transpose(1, 2)
         for layer in m.encoder:
             tokens = spatial_encoder_reference(layer, tokens, self.attention)
         templates, rho = part_template_init_reference(m.templates, tokens)
@@ -90,7 +90,8 @@ class DPTIEager(nn.Module):
         parts = templates
         for layer in m.part_attention:
             parts = template_cross_attention_reference(layer, parts, context, attention=self.attention)
-        weighted = parts * (m.num_parts * rho).unsqueeze(-1) if m.part_weighting else parts
+        w = rho.detach() if m.detach_rho else rho
+        weighted = parts * (m.num_parts * w).unsqueeze(-1) if m.part_weighting else parts
         desc = torch.cat([weighted.flatten(1), tokens.mean(dim=1)], dim=1)
         if not m.training:
             return desc
@@ -102,7 +103,7 @@ class DPTIEager(nn.Module):
     def loss(self, outputs, pids):
         m = self.model
         ce = F.cross_entropy(outputs["logits"], pids, label_smoothing=m.label_smoothing)
-        tri = triplet_loss_fastreid(outputs["features"], pids, m.triplet.margin)
+        tri = triplet_loss_fastreid(outputs["features"], pids, m.triplet.margin, m.triplet.metric)
         div = diversity_loss_reference(outputs["parts"])
         total = m.alpha * ce + m.beta * tri + m.gamma * div
         return total, {"loss_ce": ce.detach(), "loss_triplet": tri.detach(), "loss_diversity": div.detach()}
