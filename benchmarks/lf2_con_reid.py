@@ -155,12 +155,14 @@ def rows_from_log(out):
 
 
 def write_table(args, rows, seconds):
-    lines = [f"| epoch | R1 | mAP | mINP | clusters g/u/l | NMI g/u/l | ARI g/u/l |", "|---|---:|---:|---:|---|---|---|"]
+    lines = [f"| epoch | R1 | mAP | mINP | clusters g/u/l | outliers g/u/l | NMI g/u/l | ARI g/u/l |",
+             "|---|---:|---:|---:|---|---|---|---|"]
     for r in rows:
         cl = "/".join(str(r.get(f"{b}_clusters", "")) for b in ("global", "upper", "lower")) if "global_clusters" in r else "–"
+        out = "/".join(str(r.get(f"{b}_outliers", "")) for b in ("global", "upper", "lower")) if "global_clusters" in r else "–"
         nmi = "/".join(f"{r[f'{b}_nmi']:.3f}" for b in ("global", "upper", "lower")) if "global_nmi" in r else "–"
         ari = "/".join(f"{r[f'{b}_ari']:.3f}" for b in ("global", "upper", "lower")) if "global_ari" in r else "–"
-        lines.append(f"| {r['epoch']} | {100 * r['R1']:.1f} | {100 * r['mAP']:.1f} | {100 * r['mINP']:.1f} | {cl} | {nmi} | {ari} |")
+        lines.append(f"| {r['epoch']} | {100 * r['R1']:.1f} | {100 * r['mAP']:.1f} | {100 * r['mINP']:.1f} | {cl} | {out} | {nmi} | {ari} |")
     took = "" if seconds is None else f" ({seconds / 60:.0f} min)"
     with open(args.table, "a") as f:
         f.write(f"\n### {args.method}" + (f" k={args.num_clusters}" if args.method == "kmeans" else f" eps={args.eps}")
