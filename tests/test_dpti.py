@@ -27,7 +27,7 @@ def batch(b=8, h=32, w=16, dtype=torch.float64, seed=0):
 CONFIGS = {
     "default": {},
     "heads_layers": dict(encoder_heads=2, encoder_depth=2, part_layers=2, template_scale=0.25),
-    "rho_gradient": dict(detach_rho=False),
+    "rho_gradient": dict(detach_rho=False, rho_temperature=4.0),
     "no_weighting_no_bnneck": dict(part_weighting=False, bnneck=False, num_parts=1, gamma=0.5,
                                    reduce_norm=False, triplet_metric="euclidean", query_std=0.25),
     "mid_equals_final": dict(mid_stage="layer2"),
@@ -123,6 +123,8 @@ def test_bad_arguments_and_inputs():
         tiny(part_heads=3)
     with pytest.raises(ValueError, match="query_std"):
         tiny(query_std=-1.0)
+    with pytest.raises(ValueError, match="rho_temperature"):
+        tiny(rho_temperature=0.0)
     with pytest.raises(ValueError, match="triplet_metric"):
         tiny(triplet_metric="manhattan")
     model = tiny()

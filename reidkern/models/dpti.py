@@ -94,6 +94,9 @@ class DPTI(nn.Module):
             the encoder learns to align every image's mean token with that part's query: measured on
             Con-ReID (docs/models/dpti.md), ρ one-hot on the same part for all 64 images after 40
             steps, the descriptor then one part ×6 (the paper does not say; *unverified*).
+        rho_temperature: ρ = softmax_i(mean_j γ_ij / rho_temperature) (default 1.0, the paper's
+            softmax; > 0). The templates need Eq. 5 logits spread enough to select different tokens,
+            and the same logits' means then make ρ peaked (see docs/models/dpti.md).
         bnneck: classifier on BatchNorm(descriptor) (BNNeck, Luo et al. 2019; bias frozen) — the
             paper does not say; default True (*unverified*).
         alpha, beta, gamma: loss weights of CE, triplet and diversity (default 1, 1, 1, *unverified*).
@@ -115,8 +118,8 @@ class DPTI(nn.Module):
 
     Raises:
         ValueError: bad arguments (num_classes < 2, num_parts < 1, unknown or misordered stages,
-            heads not dividing d, query_std < 0, an unknown triplet_metric), a non-[B, 3, H, W]
-            input, pids of the wrong shape.
+            heads not dividing d, query_std < 0, rho_temperature <= 0, an unknown triplet_metric),
+            a non-[B, 3, H, W] input, pids of the wrong shape.
         TypeError: a non-tensor or non-floating input.
     """
 
@@ -124,7 +127,7 @@ class DPTI(nn.Module):
                  final_stage: str = "layer4", encoder_depth: int = 1, encoder_heads: int = 1,
                  encoder_ffn_dim: Optional[int] = None, part_layers: int = 1, part_heads: int = 8,
                  part_ffn_dim: Optional[int] = None, template_scale: float = 1.0, part_weighting: bool = True,
-                 detach_rho: bool = True,
+                 detach_rho: bool = True, rho_temperature: float = 1.0,
                  bnneck: bool = True, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0,
                  margin: float = 0.3, label_smoothing: float = 0.0, last_stride: int = 1,
                  dropout: float = 0.0, reduce_norm: bool = True, query_std: float = 1.0,
@@ -154,7 +157,8 @@ class DPTI(nn.Module):
         self.reduce_norm = nn.BatchNorm2d(dim) if reduce_norm else nn.Identity()
         self.encoder = nn.ModuleList(
             SpatialEncoder(dim, encoder_heads, encoder_ffn_dim or ffn, dropout) for _ in range(encoder_depth))
-        self.templates = PartTemplateInit(dim, num_parts, scale=template_scale, backend=backend)
+        self.templates = PartTemplateInit(dim, num_parts, scale=template_scale, backend=backend,
+                                          rho_temperature=check_float(rho_temperature, "rho_temperature", 1e-6))
         nn.init.normal_(self.templates.part_queries, std=check_float(query_std, "query_std"))
         self.part_attention = nn.ModuleList(
             TemplateCrossAttention(dim, num_heads=part_heads, context_dim=STAGE_CHANNELS[final_stage],

@@ -48,7 +48,7 @@ def part_template_init_reference(module, tokens):
     q = module.part_queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
     logits = torch.bmm(q, tokens.transpose(1, 2)) * module.scale
     templates = module.to_v(torch.bmm(torch.softmax(logits, dim=-1), tokens))
-    return templates, torch.softmax(logits.mean(dim=-1), dim=-1)
+    return templates, torch.softmax(logits.mean(dim=-1) / module.rho_temperature, dim=-1)
 
 
 def diversity_loss_reference(parts):

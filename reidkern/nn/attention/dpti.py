@@ -19,13 +19,14 @@ class PartTemplateInit(nn.Module):
     Args:
         dim: token width d. num_parts: N (unverified in the paper; default 6).
         scale: logit scale, 1.0 as in Eq. 5 (use d**-0.5 for a scaled variant).
+        rho_temperature: ρ = softmax_i(mean_j γ_ij / rho_temperature); 1.0 as in the paper.
     """
 
-    def __init__(self, dim, num_parts=6, scale=1.0, backend=None):
+    def __init__(self, dim, num_parts=6, scale=1.0, backend=None, rho_temperature=1.0):
         super().__init__()
         self.part_queries = nn.Parameter(torch.randn(num_parts, dim) * dim ** -0.5)
         self.to_v = nn.Linear(dim, dim, bias=False)
-        self.scale, self.backend = scale, backend
+        self.scale, self.backend, self.rho_temperature = scale, backend, float(rho_temperature)
 
     def forward(self, tokens, key_padding_mask=None):
         if tokens.dim() != 3 or tokens.shape[2] != self.part_queries.shape[1]:
@@ -35,5 +36,5 @@ class PartTemplateInit(nn.Module):
         out, _, mean_logit = template_attention(q, a, a, key_padding_mask, scale=self.scale,
                                                 return_mean_logit=True, backend=self.backend)
         templates = self.to_v(out.squeeze(1))  # W_{t,v} (A softmax(γ)) = (W A) softmax(γ)
-        rho = torch.softmax(mean_logit.squeeze(1), dim=-1)
+        rho = torch.softmax(mean_logit.squeeze(1) / self.rho_temperature, dim=-1)
         return templates, rho
