@@ -4,20 +4,11 @@ before the fix (commit a51c3ce), whose configuration is DPTI(71, reduce_norm=Fal
 today's code builds the same structure with that call, with other random draws."""
 import sys, math, torch, torch.nn.functional as F
 torch.set_num_threads(1)
-from reidkern.data import ImageDataset, build_dataset, build_transforms
-from reidkern.data.paths import shared_data_dir
+import os
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conreid_pk import PK
 from reidkern.models.dpti import DPTI
-ds = build_dataset("con-reid", shared_data_dir("con-reid"))
-H, W = 128, 64
-by = {}
-for i, r in enumerate(ds.train): by.setdefault(r.pid, []).append(i)
-pids = sorted(by); tf = build_transforms(H, W, train=False)
-g = torch.Generator().manual_seed(0)
-recs = []
-for c in torch.randperm(len(pids), generator=g)[:4].tolist():
-    idx = by[pids[c]]; recs += [ds.train[idx[s]] for s in torch.randperm(len(idx), generator=g)[:4].tolist()]
-d = ImageDataset(recs, tf); items = [d[i] for i in range(len(d))]
-x = torch.stack([it["img"] for it in items]); y = torch.tensor([it["pid"] for it in items])
+x, y = PK(128, 64).batch(0)  # 4 ids x 4 crops at 128x64
 torch.manual_seed(0)
 m = DPTI(71, reduce_norm=False, query_std=256 ** -0.5, triplet_metric="euclidean", detach_rho=False).train()
 with torch.no_grad():

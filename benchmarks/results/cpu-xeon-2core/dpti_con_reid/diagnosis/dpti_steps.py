@@ -6,10 +6,11 @@ whose configuration is DPTI(71, reduce_norm=False, query_std=256 ** -0.5, triple
 today's code builds the same structure with that call, with other random draws."""
 import sys, time, math, ast, torch, torch.nn.functional as F
 torch.set_num_threads(1)
-from reidkern.data import ImageDataset, build_dataset, build_transforms
-from reidkern.data.paths import shared_data_dir
+import os
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conreid_pk import PK
+from reidkern.data import build_transforms
 from reidkern.models.dpti import DPTI
-ds = build_dataset("con-reid", shared_data_dir("con-reid"))
 H, W, steps, lr, qstd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 kw = {}
 warm = 0; wv = None; P = 4
@@ -19,24 +20,13 @@ for a in sys.argv[6:]:
     if k == "wv": wv = float(v); continue
     if k == "P": P = int(v); continue
     kw[k] = ast.literal_eval(v)
-by = {}
-for i, r in enumerate(ds.train): by.setdefault(r.pid, []).append(i)
-pids = sorted(by)
+_pk = PK(H, W)
 tf_tr = build_transforms(H, W, train=True, random_erasing=0.0)
-tf = build_transforms(H, W, train=False)
+tf = _pk.test_tf
 def pk(seed, tfm, P=None, K=4):
-    P = P or globals()['P']
-    g = torch.Generator().manual_seed(seed)
-    ch = torch.randperm(len(pids), generator=g)[:P].tolist()
-    recs = []
-    for c in ch:
-        idx = by[pids[c]]; sel = torch.randperm(len(idx), generator=g)[:K].tolist()
-        recs += [ds.train[idx[s]] for s in sel]
-    d = ImageDataset(recs, tfm)
-    items = [d[i] for i in range(len(d))]
-    return torch.stack([it["img"] for it in items]), torch.tensor([it["pid"] for it in items])
+    return _pk.batch(seed, tfm, P=P or globals()['P'], K=K)
 torch.manual_seed(0)
-m = DPTI(ds.num_train_pids, **kw)
+m = DPTI(71, **kw)  # Con-ReID: 71 training ids
 if qstd > 0:
     with torch.no_grad(): m.templates.part_queries.normal_(0, qstd)
 elif qstd < 0:

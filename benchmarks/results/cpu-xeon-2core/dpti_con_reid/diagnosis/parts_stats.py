@@ -1,21 +1,14 @@
 """ρ and part-diversity of DPTI at init and after the run, on 4 real PK batches (eval transforms, train-mode BN)."""
 import sys, torch, torch.nn.functional as F
 torch.set_num_threads(1)
-from reidkern.data import ImageDataset, build_dataset, build_transforms
-from reidkern.data.paths import shared_data_dir
+import os
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conreid_pk import PK
 from reidkern.models.dpti import DPTI
 from reidkern.engine.checkpoint import load_checkpoint, model_state_from_checkpoint
-ds = build_dataset("con-reid", shared_data_dir("con-reid"))
-H, W = 64, 32
-by = {}
-for i, r in enumerate(ds.train): by.setdefault(r.pid, []).append(i)
-pids = sorted(by); tf = build_transforms(H, W, train=False)
+_pk = PK(64, 32)
 def pk(seed, P=16, K=4):
-    g = torch.Generator().manual_seed(seed); recs = []
-    for c in torch.randperm(len(pids), generator=g)[:P].tolist():
-        idx = by[pids[c]]; recs += [ds.train[idx[s]] for s in torch.randperm(len(idx), generator=g)[:K].tolist()]
-    d = ImageDataset(recs, tf); it = [d[i] for i in range(len(d))]
-    return torch.stack([i["img"] for i in it]), torch.tensor([i["pid"] for i in it])
+    return _pk.batch(seed, P=P, K=K)
 batches = [pk(s) for s in range(2)]
 def stats(m, tag):
     m.train(); r = []
