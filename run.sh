@@ -4,7 +4,7 @@
 #                            with its ratio table (reidkern bench --smoke; the paper-size set is
 #                            `reidkern bench`, and `--full` all sizes: both far longer); a real training run:
 #                            the real OSNet x0.25 (MSMT17) fine-tuned on Con-ReID's training split
-#                            (CON_REID, default ../shared/data/con-reid) for a few dozen steps,
+#                            (CON_REID, default ../shared/data/con-reid) for 50 steps,
 #                            scored on its query/gallery before and after, with a ranked-results PNG
 #                            (the real-crop demo instead when the folder is absent)
 #   bash run.sh test         the test suite
@@ -48,7 +48,7 @@ case "${1:-}" in
       echo "   scored on its query/gallery before and after (best checkpoint by a validation split"
       echo "   carved from the training ids; flip; plain and k-reciprocal re-ranked scores)"
       start=$SECONDS
-      reidkern train osnet --dataset con-reid --data "$DATA" --steps 30 --eval-before --out "$OUT"
+      reidkern train osnet --dataset con-reid --data "$DATA" --steps 50 --eval-before --out "$OUT"
       reidkern show-ranks --query "$OUT/query.npz" --gallery "$OUT/gallery.npz" --out "$OUT/ranks.png"
       echo "training run: $((SECONDS - start)) s; outputs in $OUT/ (ranks.png, curves.png, metrics.jsonl, results.json)"
     else

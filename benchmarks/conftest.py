@@ -4,7 +4,9 @@
   example a source checkout's uncompiled ``reidkern/`` shadowing the installed package): every
   reidkern provider would otherwise have nothing to measure.
 * ``--bench-set representative`` keeps the sizes each bench file lists in ``REPRESENTATIVE`` (what
-  ``reidkern bench`` runs by default); ``full`` (pytest's default) runs every size.
+  ``reidkern bench`` runs by default: one paper size per op, a few minutes on 2 CPU cores); on a CPU
+  it also leaves out the ``torch.compile`` providers, whose compilation alone takes tens of seconds
+  per case there. ``full`` (pytest's default) runs every size and provider.
 * Each benchmark is announced as it starts (``[i/n] name``, minutes since the start), so a run cut
   short still tells how far it got.
 * ``--bench-env PATH`` writes env.json (device, versions, build facts, git revision, and where
@@ -53,9 +55,17 @@ def pytest_report_header(config):
             f"{info['backends']}, CUDA archs {info['cuda_archs'] or 'none'}, torch {info['torch_runtime']}")
 
 
+def _params_of(item):
+    return getattr(getattr(item, "callspec", None), "params", {})
+
+
 def _size_of(item):
-    params = getattr(getattr(item, "callspec", None), "params", {})
+    params = _params_of(item)
     return params.get("size", params.get("name"))
+
+
+def _compile_on_cpu(item):
+    return "compile" in str(_params_of(item).get("provider", "")) and not torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,7 +74,7 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
         wanted = getattr(item.module, "REPRESENTATIVE", set())
-        (keep if _size_of(item) in wanted else drop).append(item)
+        (keep if _size_of(item) in wanted and not _compile_on_cpu(item) else drop).append(item)
     items[:] = keep
     config.hook.pytest_deselected(items=drop)
 

@@ -100,7 +100,7 @@ class Recipe:
     scheduler: str = "step"
     milestones: Tuple[int, ...] = (40, 70)
     gamma: float = 0.1
-    warmup_epochs: int = 10
+    warmup_epochs: float = 10
     warmup_factor: float = 0.01
     metric: str = "cosine"
     hooks: Any = field(default_factory=list)
