@@ -199,6 +199,24 @@ def test_opcheck(device, backend):
     opcheck(torch.ops.reidkern.template_attention_bwd.default, args)
 
 
+@pytest.mark.parametrize("device,backend", COMPILED)
+@pytest.mark.parametrize("what", ["v_shape", "mask_shape", "mask_dtype"])
+def test_kernel_entry_checks_v_and_mask(device, backend, what):
+    # The compiled kernels check their own arguments (csrc/template_attention.h, shared by CPU and
+    # CUDA), so a caller of torch.ops.reidkern.* with validate=False-style inputs gets an error, not
+    # an out-of-bounds read.
+    q, k, v = make(2, 2, 3, 9, 8, device=device)
+    mask = make_mask(2, 9, device=device)
+    if what == "v_shape":
+        v = v[:, :, :5]
+    elif what == "mask_shape":
+        mask = mask[:, :5].contiguous()
+    else:
+        mask = mask.to(torch.uint8)
+    with pytest.raises(RuntimeError, match="v must have k's shape|key_padding_mask"):
+        torch.ops.reidkern.template_attention_fwd(q, k, v, mask, 0.3, False)
+
+
 @pytest.mark.parametrize("device,backend", device_backend_cases(("triton",)))
 def test_opcheck_triton(device, backend):
     from reidkern.ops.template_attention import _triton

@@ -22,6 +22,7 @@
 // their first touch.
 #include "common.h"
 #include "cpu/blas.h"
+#include "template_attention.h"
 #include "cpu/template_attention_strategies.h"
 #include "huge_pages.h"
 
@@ -37,24 +38,13 @@ HeadStrides head_strides(const Tensor& t) { return {t.stride(0), t.stride(1), t.
 
 AttnGeom check_geometry(const Tensor& q, const Tensor& k, const Tensor& v,
                         const std::optional<Tensor>& mask) {
-  check_dim(q, 4, "q");
-  check_dim(k, 4, "k");
-  check_dim(v, 4, "v");
-  check_floating(q, "q");
-  STD_TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                  "q, k and v must have the same dtype");
+  check_template_attention_inputs(q, k, v, mask);
   AttnGeom g{};
   g.B = k.size(0);
   g.H = k.size(1);
   g.L = k.size(2);
   g.D = k.size(3);
   g.Nq = q.size(2);
-  STD_TORCH_CHECK(q.size(0) == g.B || q.size(0) == 1, "q must have batch 1 or B");
-  STD_TORCH_CHECK(q.size(1) == g.H && q.size(3) == g.D, "q must be [B or 1, H, Nq, D]");
-  STD_TORCH_CHECK(v.size(0) == g.B && v.size(1) == g.H && v.size(2) == g.L && v.size(3) == g.D,
-                  "v must have k's shape [B, H, L, D]");
-  STD_TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
-                  "q, k, v must have unit stride on the head dimension");
   g.q_bcast = q.size(0) == 1 && g.B != 1;
   g.q = head_strides(q);
   g.k = head_strides(k);
@@ -62,12 +52,6 @@ AttnGeom check_geometry(const Tensor& q, const Tensor& k, const Tensor& v,
   g.few = g.Nq >= 1 && g.Nq <= attn::kFewQueries && g.L >= 1 && g.D >= 1 &&
           (g.D <= attn::kFewMaxD || g.Nq * g.L * g.D < attn::kBlasMinMacs);
   g.blas = !g.few && g.Nq * g.L * g.D >= attn::kBlasMinMacs;
-  if (mask.has_value()) {
-    check_dim(*mask, 2, "key_padding_mask");
-    check_dtype(*mask, ScalarType::Bool, "key_padding_mask");
-    STD_TORCH_CHECK(mask->size(0) == g.B && mask->size(1) == g.L && mask->is_contiguous(),
-                    "key_padding_mask must be a contiguous [B, L] bool tensor");
-  }
   return g;
 }
 

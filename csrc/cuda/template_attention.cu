@@ -10,6 +10,7 @@
 // atomics. Shared memory: O(L) per block.
 #include "common.h"
 #include "cuda/cuda_utils.h"
+#include "template_attention.h"
 
 #include <limits>
 
@@ -216,15 +217,10 @@ __global__ void bwd_dkv_kernel(Geom g, const T* __restrict__ dout, const T* __re
   }
 }
 
-Geom make_geom(const Tensor& q, const Tensor& k, const Tensor& v) {
-  check_dim(q, 4, "q");
-  check_dim(k, 4, "k");
-  check_dim(v, 4, "v");
-  check_floating(q, "q");
-  STD_TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                  "q, k and v must have the same dtype");
-  STD_TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
-                  "q, k, v must have unit stride on the head dimension");
+Geom make_geom(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask) {
+  check_template_attention_inputs(q, k, v, mask);
+  STD_TORCH_CHECK(q.is_cuda() && k.is_cuda() && v.is_cuda() && (!mask.has_value() || mask->is_cuda()),
+                  "template_attention (CUDA): q, k, v and key_padding_mask must all be CUDA tensors");
   Geom g{};
   const int64_t B = k.size(0);
   g.H = k.size(1);
@@ -232,7 +228,6 @@ Geom make_geom(const Tensor& q, const Tensor& k, const Tensor& v) {
   g.D = k.size(3);
   g.Nq = q.size(2);
   STD_TORCH_CHECK(g.D <= kMaxD, "template_attention (CUDA): head dim must be <= 512");
-  STD_TORCH_CHECK(q.size(0) == B || q.size(0) == 1, "q must have batch 1 or B");
   g.qs0 = q.size(0) == B ? q.stride(0) : 0;
   g.qs1 = q.stride(1); g.qs2 = q.stride(2);
   g.ks0 = k.stride(0); g.ks1 = k.stride(1); g.ks2 = k.stride(2);
@@ -243,7 +238,7 @@ Geom make_geom(const Tensor& q, const Tensor& k, const Tensor& v) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cuda(
     const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask,
     double scale, bool return_weights) {
-  const Geom g = make_geom(q, k, v);
+  const Geom g = make_geom(q, k, v, mask);
   const int64_t B = k.size(0);
   const torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
   const auto st = q.scalar_type();
@@ -274,7 +269,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cuda(
     const Tensor& grad_out, const std::optional<Tensor>& grad_weights,
     const std::optional<Tensor>& grad_mean, const Tensor& q, const Tensor& k, const Tensor& v,
     const std::optional<Tensor>& mask, const Tensor& lse, double scale) {
-  const Geom g = make_geom(q, k, v);
+  const Geom g = make_geom(q, k, v, mask);
   const int64_t B = k.size(0);
   STD_TORCH_CHECK(grad_out.is_contiguous() && lse.is_contiguous(), "grad_out and lse must be contiguous");
   const torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
