@@ -123,3 +123,30 @@ def test_dataset_of_another_task_is_refused():
     r = get_recipe("baseline", task="visible-infrared")
     with pytest.raises(ValueError, match="single modality"):
         load_dataset(r, "market1501", str(MINI))
+
+
+def test_train_under_torchrun_two_gloo_processes(tmp_path):
+    """`reidkern train` launched by torchrun (2 CPU processes, gloo): one run, rank 0 writes the
+    outputs, every step logged once, test scores after training."""
+    import subprocess
+    import sys
+
+    needs_data()
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = tmp_path / "ddp"
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", REIDKERN_DATA=str(SHARED / "reid-mini"),
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "reidkern", "train", "osnet", "--dataset", "market1501", "--data", str(MINI),
+                           "--steps", "2", "--batch-size", "16", "--val-ids", "0", "--out", str(out),
+                           "--workers", "0", "--threads", "1"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in line]
+    assert steps == [1, 2]
+    res = json.loads((out / "results.json").read_text())
+    assert 0 < res["after"]["mAP"] <= 1

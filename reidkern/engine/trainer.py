@@ -106,10 +106,8 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = self.model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DDP(self.model, device_ids=ids)
+        self._ddp_trainable = None  # names of the parameters the DDP wrapper was built over
+        self._wrap_ddp()
         self.optimizer = build_optimizer(recipe, self.model)
         self.scheduler = build_scheduler(recipe, self.optimizer, total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -154,6 +152,22 @@ class Trainer:
         return {"loss": value, **{k: float(v) for k, v in (logs or {}).items()}}
 
     # ----------------------------------------------------------------- the loop
+    def _wrap_ddp(self) -> None:
+        """Under torchrun, (re)build the ``DistributedDataParallel`` wrapper when the set of
+        trainable parameters changed: DDP all-reduces exactly the parameters that required
+        gradients when it was built, so a freezing hook that freezes (or later releases) layers
+        needs a wrapper built after it acted — else DDP waits for gradients that never come, or
+        silently leaves released layers unsynchronised across processes."""
+        if self.world_size <= 1:
+            return
+        trainable = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
+        if trainable == self._ddp_trainable:
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.net = DDP(self.model, device_ids=ids)
+        self._ddp_trainable = trainable
+
     def fit(self) -> List[dict]:
         """Run until ``total_steps`` (or ``max_epochs``); returns the logged step records.
 
@@ -162,6 +176,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         call_hooks(self.hooks, "on_train_start", self)
+        self._wrap_ddp()
         if self._rng_to_restore is not None:
             ckpt_io.set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -173,6 +188,7 @@ class Trainer:
             while self.step < self.total_steps and (self.max_epochs is None or self.epoch < self.max_epochs):
                 if self.step_in_epoch == 0:
                     call_hooks(self.hooks, "on_epoch_start", self, self.epoch)
+                    self._wrap_ddp()
                 for batch in self.loader.epoch(self.epoch, skip=self.step_in_epoch):
                     out = self.train_step(batch)
                     self.step += 1
