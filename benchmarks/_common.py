@@ -214,3 +214,32 @@ def reid_features(num_q, num_g, dim, device, seed=0):
     x = torch.nn.functional.normalize(centers[ids] + 0.6 * torch.randn(n, dim, generator=g), dim=1)
     x = x.to(device)
     return x[:num_q].contiguous(), x[num_q:].contiguous()
+
+
+def mirrored_maps(stage, records, cache=None, dtype=torch.float32, height=256, width=128, batch_size=64):
+    """Feature maps of each record's test-time image and of its mirror, for studies that train or
+    score only what comes after a frozen ``stage``.
+
+    Args:
+        stage: ``images [B, 3, height, width] -> maps [B, ...]`` (run under ``torch.no_grad``).
+        records: reidkern Records (their images go through ``build_transforms(train=False)``).
+        cache: a ``.pt`` file: loaded when it exists, else written (atomically) after computing.
+        dtype: the stored maps' dtype (float16 halves the memory of large studies).
+
+    Returns:
+        ``dtype`` tensor [2, N, ...]: ``[0]`` the images' maps, ``[1]`` their mirrors'.
+    """
+    from reidkern.atomic import atomic_path
+    from reidkern.data import ImageDataset, build_transforms
+    from reidkern.engine.loader import eval_loader
+
+    if cache and os.path.exists(cache):
+        return torch.load(cache)
+    loader = eval_loader(ImageDataset(records, build_transforms(height, width, train=False)), batch_size, 0)
+    with torch.no_grad():
+        maps = [torch.stack([stage(b["img"]).to(dtype), stage(b["img"].flip(3)).to(dtype)]) for b in loader]
+    out = torch.cat(maps, dim=1)
+    if cache:
+        with atomic_path(cache) as tmp:
+            torch.save(out, tmp)
+    return out

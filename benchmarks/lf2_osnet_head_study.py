@@ -27,22 +27,12 @@ def conv5_maps(model, records, cache):
     """{"maps", "fmaps"}: float16 [N, 128, 16, 8] of the images and their mirrors; pids, camids."""
     import torch
 
-    from reidkern.data import ImageDataset, build_transforms
-    from reidkern.engine.loader import eval_loader
+    from _common import mirrored_maps
 
-    if cache and os.path.exists(cache):
-        return torch.load(cache)
-    maps, fmaps = [], []
-    with torch.no_grad():
-        for b in eval_loader(ImageDataset(records, build_transforms(256, 128, train=False)), 64, 0):
-            x = b["img"].contiguous(memory_format=torch.channels_last)
-            maps.append(model.featuremaps(x).half())
-            fmaps.append(model.featuremaps(x.flip(-1)).half())
-    out = {"maps": torch.cat(maps), "fmaps": torch.cat(fmaps), "pids": torch.tensor([r[1] for r in records]),
-           "camids": torch.tensor([r[2] for r in records])}
-    if cache:
-        torch.save(out, cache)
-    return out
+    m = mirrored_maps(lambda x: model.featuremaps(x.contiguous(memory_format=torch.channels_last)), records,
+                      cache, dtype=torch.float16)
+    return {"maps": m[0], "fmaps": m[1], "pids": torch.tensor([r[1] for r in records]),
+            "camids": torch.tensor([r[2] for r in records])}
 
 
 def main(argv=None):

@@ -31,33 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def conv3_maps(net, records, path):
-    """float32 [2, N, 96, 16, 8]: conv3 output of each image ([0]) and of its mirror ([1])."""
-    if os.path.isfile(path):
-        return torch.from_numpy(np.load(path))
-    from tqdm import tqdm
-
-    from reidkern.data import ImageDataset, build_transforms
-    from reidkern.engine.loader import eval_loader
-
-    out = np.empty((2, len(records), 96, 16, 8), np.float32)
-    loader = eval_loader(ImageDataset(records, build_transforms(256, 128, train=False)), batch_size=128)
-    i = 0
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=os.path.basename(path), unit="batch"):
-            x = batch["img"]
-            for f, img in enumerate((x, x.flip(3))):
-                out[f, i:i + len(x)] = net.conv3(net.conv2(net.maxpool(net.conv1(img)))).numpy()
-            i += len(x)
-    tmp = path + ".tmp.npy"
-    np.save(tmp, out)
-    os.replace(tmp, path)  # atomic: a cut run leaves no half-written cache
-    return torch.from_numpy(out)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    ap.add_argument("--data", default=None, help="folder holding con-reid/ and reid-mini/ (default ../shared/data)")
     ap.add_argument("--cache", required=True, help="folder for the conv3 maps (~1.3 GB)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=3e-5, help="conv4/conv5/fc learning rate (head: 10x)")
@@ -74,18 +50,23 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
 
-    from reidkern.data import RandomIdentitySampler, build_dataset
+    from _common import mirrored_maps
+    from reidkern.data import RandomIdentitySampler, build_dataset, shared_data_dir
     from reidkern.metrics.protocols import evaluate_image_reid, evaluate_image_reid_distmat
     from reidkern.models.baseline import baseline_osnet
     from reidkern.nn.losses import TripletLoss
     from reidkern.rerank import k_reciprocal
 
-    ds = build_dataset("con-reid", os.path.join(a.data, "con-reid"))
-    model = baseline_osnet(ds.num_train_pids, weights=os.path.join(a.data, "reid-mini", "osnet_x0_25_msmt17.onnx"),
+    data = a.data or os.path.dirname(shared_data_dir("con-reid") or "")
+    if not data or not os.path.isdir(os.path.join(data, "con-reid")):
+        sys.exit("osnet_finetune_study: ../shared/data/con-reid not found (pass --data)")
+    ds = build_dataset("con-reid", os.path.join(data, "con-reid"))
+    model = baseline_osnet(ds.num_train_pids, weights=os.path.join(data, "reid-mini", "osnet_x0_25_msmt17.onnx"),
                            freeze_fc_bn=a.fc_bn == "eval")
-    net = model.backbone.net
+    net = model.backbone.net.eval()
     os.makedirs(a.cache, exist_ok=True)
-    maps = {s: conv3_maps(net.eval(), getattr(ds, s), os.path.join(a.cache, f"{s}.npy"))
+    maps = {s: mirrored_maps(lambda x: net.conv3(net.conv2(net.maxpool(net.conv1(x)))), getattr(ds, s),
+                             os.path.join(a.cache, f"{s}.pt"), batch_size=128)
             for s in ("train", "query", "gallery")}
     pids = {s: torch.tensor([r.pid for r in getattr(ds, s)]) for s in maps}
     camids = {s: torch.tensor([r.camid for r in getattr(ds, s)]) for s in maps}
