@@ -35,6 +35,8 @@ STABLE_TORCH_LIBRARY(reidkern, m) {
   // k nearest rows of y for each row of x by exact float64 squared Euclidean distance (ties by
   // index) and each row's maximum distance over all of y (reidkern/ops/knn.py).
   m.def("knn(Tensor x, Tensor y, int k, int index_offset) -> (Tensor, Tensor, Tensor)");
+  // knn of x against itself (CPU), each pair's product computed once: knn(x, x, k, 0)'s result.
+  m.def("knn_self(Tensor x, int k) -> (Tensor, Tensor, Tensor)");
   // k-reciprocal re-ranking, sparse steps (reidkern/ops/k_reciprocal.py): expanded k-reciprocal
   // sets from the initial ranking, query expansion of a CSR matrix, Jaccard sums of minima.
   m.def("k_reciprocal_expand(Tensor ranks, int k1) -> (Tensor, Tensor)");

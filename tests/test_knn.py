@@ -87,3 +87,71 @@ def test_bad_input():
         knn(torch.randn(3), x, 1)
     with pytest.raises(ValueError, match="y contains NaN"):
         knn(x, torch.full((2, 3), float("nan")), 1)
+
+
+# ---- the self search (y is x): the symmetric C++ kernel, each pair's product once ----------------
+
+NEEDS_CPP = pytest.mark.skipif(unusable_reason("cpu", "cpp") is not None, reason="compiled library not built")
+
+
+def one_sided(x, k, **kw):
+    """The one-sided kernel on the same values (a copy, so ``y is x`` does not hold)."""
+    return knn(x, x.clone(), k, backend="cpp", **kw)
+
+
+def check_equal(out, ref):
+    # both are exact float64 results: bit-equal, indices and padding included
+    for a, b in zip(out, ref):
+        assert torch.equal(a, b)
+
+
+@NEEDS_CPP
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,k", [(1, 1), (2, 5), (3, 3), (511, 7), (512, 9), (513, 22), (1025, 4),
+                                 (1300, 1300)])
+def test_self_search_equals_one_sided_at_tile_edges(n, k, dtype):
+    # sizes around the 512-row tiles (one row more / fewer than a tile; k above N pads with
+    # (inf, -1); k = N keeps every row)
+    x = clustered(n, 6, max(1, n // 30), seed=n, dtype=dtype)
+    out = knn(x, x, k, backend="cpp")
+    check_equal(out, one_sided(x, k))
+    if k <= n <= 600:
+        check(out, knn_reference(x, x, k))
+
+
+@NEEDS_CPP
+def test_self_search_crosses_column_tiles():
+    # more rows than one 8192-column product tile: pairs across both tile boundaries, the
+    # transposed (column-side) updates of every tile row, and a large offset so that the BLAS
+    # cancellation error is large and the exact recheck must do the ranking
+    x = clustered(8300, 3, 300, seed=11, dtype=torch.float32, spread=0.05) + 1000.0
+    out = knn(x, x, 5, backend="cpp")
+    check_equal(out, one_sided(x, 5))
+    rows = torch.tensor([0, 511, 512, 8191, 8192, 8299])
+    rd, ri, rm = knn_reference(x[rows], x, 5)
+    assert torch.equal(out[1][rows], ri)
+    assert torch.equal(out[0][rows], rd) and torch.equal(out[2][rows], rm)
+
+
+@NEEDS_CPP
+def test_self_search_ties_duplicates_and_offset():
+    # integer features from {0, 1, 2}: many equal distances and duplicate rows on both sides of a
+    # tile boundary; ties must come out ordered by index, as in the one-sided kernel
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (700, 3), generator=g).double()
+    out = knn(x, x, 30, index_offset=50, backend="cpp")
+    check_equal(out, one_sided(x, 30, index_offset=50))
+    check(out, knn_reference(x, x, 30, index_offset=50))
+    d, i, _ = out
+    same = d[:, :-1] == d[:, 1:]
+    assert same.any() and (i[:, :-1][same] < i[:, 1:][same]).all()
+
+
+@NEEDS_CPP
+def test_self_search_validates_once_and_names_x():
+    x = torch.randn(6, 3)
+    x[4, 2] = float("inf")
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        knn(x, x, 2)
+    opcheck(torch.ops.reidkern.knn_self.default, (clustered(9, 5, 2, seed=8), 4))
+    opcheck(torch.ops.reidkern.knn_self.default, (clustered(7, 5, 2, seed=9).double(), 10))

@@ -189,3 +189,41 @@ def test_dbscan_no_cluster_keeps_previous_labels(caplog):
     strict.dbscan_kwargs["min_samples"] = 31
     with pytest.raises(ValueError, match="found no cluster"):
         strict.run(f)
+
+
+def test_inf_and_minus_inf_features_are_refused():
+    # the finiteness check goes through min/max; each kind of bad value on its own
+    for bad in (np.inf, -np.inf, np.nan):
+        x, _ = blobs()
+        x[40, 3] = bad
+        with pytest.raises(ValueError, match="1 of 48 samples have NaN or inf values \\(first at row 40\\)"):
+            check_features(x)
+
+
+def test_identical_check_across_blocks():
+    # the identical-rows check goes block by block (1024 rows): a single different row in a later
+    # block makes the set clusterable, and all-identical over several blocks is refused
+    x = np.ones((2100, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="all 2100 samples are identical"):
+        kmeans_pseudo_labels(x, 3)
+    x[2099, 1] = 2.0
+    kmeans_pseudo_labels(x, 2, n_init=1, max_iter=5)
+
+
+def test_dbscan_input_keeps_exactly_the_pairs_within_eps():
+    import scipy.sparse as sp
+
+    from reidkern.rerank import jaccard_distance
+    from reidkern.uda.clustering import _within
+
+    x, _ = blobs(n_ids=5, per_id=9, noise=0.3)
+    jd = jaccard_distance(torch.from_numpy(x), k1=6, k2=3)
+    for eps in (0.3, 0.6, 0.95):
+        w = _within(jd, eps)
+        dense = jd.toarray()
+        stored = sp.csr_matrix((np.ones_like(jd.data), jd.indices, jd.indptr), shape=jd.shape).toarray() > 0
+        want = stored & (dense <= eps)  # the stored zeros (the diagonal) stay
+        got = sp.csr_matrix((np.ones_like(w.data), w.indices, w.indptr), shape=w.shape).toarray() > 0
+        assert np.array_equal(got, want) and np.array_equal(w.toarray()[want], dense[want])
+        assert want.diagonal().all()
+    assert _within(jd, 0.3).nnz < jd.nnz  # something was left out

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -117,45 +118,86 @@ void update_row(RowState& st, const T* prod, const double xn, const double xnorm
   }
 }
 
+// Squared norms (float64, exact as exact_sq computes them) and norms of rows [0, n) of p.
+template <typename T>
+void row_norms(const T* p, int64_t n, int64_t D, std::vector<double>& sq, std::vector<double>& norm) {
+  sq.resize(n);
+  norm.resize(n);
+  torch::stable::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+    std::vector<T> zero(D, T(0));
+    for (int64_t j = b; j < e; ++j) {
+      sq[j] = exact_sq<T>(p + j * D, zero.data(), D);
+      norm[j] = std::sqrt(sq[j]);
+    }
+  });
+}
+
+// Error-bound factors of a = |x|^2 + |y|^2 - 2 x.y: 2 * gamma_D(u) |x||y| for the product (any
+// order, FMA or not), and a few float64 roundings of |x|^2, |y|^2 and the sum; both doubled.
+struct Bounds {
+  double rel_dot, rel_sq;
+};
+
+template <typename T>
+Bounds error_bounds(int64_t D) {
+  const double u = std::is_same<T, float>::value ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53);
+  const double gamma = (D + 2) * u / (1.0 - (D + 2) * u);
+  return {2.0 * 2.0 * gamma, 2.0 * (D + 8) * std::ldexp(1.0, -52)};
+}
+
+void init_states(std::vector<RowState>& states, int64_t k) {
+  for (auto& s : states) {
+    s.heap.reserve(k);
+    s.cap = static_cast<size_t>(2 * k + 64);
+    s.maxcap = 64;
+  }
+}
+
+// Exact float64 recheck of the surviving candidates of rows [r0, r0 + rows) of x against
+// y: the k nearest (ties by index) and the row maximum; frees each row's buffers.
+template <typename T>
+void finish_rows(RowState* states, int64_t rows, int64_t r0, const T* xp, const T* yp, int64_t D,
+                 int64_t k, int64_t offset, double* out_d, int64_t* out_i, double* out_max) {
+  const double inf = std::numeric_limits<double>::infinity();
+  torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
+    std::vector<std::pair<double, int64_t>> exact;
+    for (int64_t r = b; r < e; ++r) {
+      RowState& st = states[r];
+      const int64_t i = r0 + r;
+      const T* xi = xp + i * D;
+      st.prune_cand(st.upper(k));
+      exact.clear();
+      for (const auto& c : st.cand) exact.emplace_back(exact_sq<T>(xi, yp + c.second * D, D), c.second);
+      const int64_t take = std::min<int64_t>(k, static_cast<int64_t>(exact.size()));
+      std::partial_sort(exact.begin(), exact.begin() + take, exact.end());
+      for (int64_t t = 0; t < k; ++t) {
+        out_d[i * k + t] = t < take ? exact[t].first : inf;
+        out_i[i * k + t] = t < take ? exact[t].second + offset : -1;
+      }
+      st.prune_max();
+      double m = -inf;
+      for (const auto& c : st.maxc) m = std::max(m, exact_sq<T>(xi, yp + c.second * D, D));
+      out_max[i] = m;
+      st = RowState();  // free the row's buffers
+    }
+  });
+}
+
 template <typename T>
 void knn_impl(const Tensor& x, const Tensor& y, int64_t k, int64_t offset, double* out_d,
               int64_t* out_i, double* out_max) {
   const int64_t M = x.size(0), Ny = y.size(0), D = x.size(1);
   const T* xp = static_cast<const T*>(x.const_data_ptr());
   const T* yp = static_cast<const T*>(y.const_data_ptr());
-  const double inf = std::numeric_limits<double>::infinity();
-  // Squared norms (float64) of every y row; norms for the error bound.
-  std::vector<double> yn(Ny), ynorm(Ny), xn(M), xnorm(M);
-  torch::stable::parallel_for(0, Ny, 256, [&](int64_t b, int64_t e) {
-    std::vector<T> zero(D, T(0));
-    for (int64_t j = b; j < e; ++j) {
-      yn[j] = exact_sq<T>(yp + j * D, zero.data(), D);
-      ynorm[j] = std::sqrt(yn[j]);
-    }
-  });
-  torch::stable::parallel_for(0, M, 256, [&](int64_t b, int64_t e) {
-    std::vector<T> zero(D, T(0));
-    for (int64_t i = b; i < e; ++i) {
-      xn[i] = exact_sq<T>(xp + i * D, zero.data(), D);
-      xnorm[i] = std::sqrt(xn[i]);
-    }
-  });
-  // Error bound of a: 2 * gamma_D(u) |x||y| for the product (any order, FMA or not), and a few
-  // float64 roundings of |x|^2, |y|^2 and the sum; both doubled for safety.
-  const double u = std::is_same<T, float>::value ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53);
-  const double gamma = (D + 2) * u / (1.0 - (D + 2) * u);
-  const double rel_dot = 2.0 * 2.0 * gamma;
-  const double rel_sq = 2.0 * (D + 8) * std::ldexp(1.0, -52);
-  const size_t cap0 = static_cast<size_t>(2 * k + 64);
+  std::vector<double> yn, ynorm, xn, xnorm;
+  row_norms<T>(yp, Ny, D, yn, ynorm);
+  row_norms<T>(xp, M, D, xn, xnorm);
+  const Bounds eb = error_bounds<T>(D);
 
   for (int64_t r0 = 0; r0 < M; r0 += kTileRows) {
     const int64_t rows = std::min(kTileRows, M - r0);
     std::vector<RowState> states(rows);
-    for (auto& s : states) {
-      s.heap.reserve(k);
-      s.cap = cap0;
-      s.maxcap = 64;
-    }
+    init_states(states, k);
     const Tensor xt = torch::stable::narrow(const_cast<Tensor&>(x), 0, r0, rows);
     for (int64_t c0 = 0; c0 < Ny; c0 += kTileCols) {
       const int64_t cols = std::min(kTileCols, Ny - c0);
@@ -168,44 +210,90 @@ void knn_impl(const Tensor& x, const Tensor& y, int64_t k, int64_t offset, doubl
       torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           update_row<T>(states[r], pp + r * cols, xn[r0 + r], xnorm[r0 + r], yn.data() + c0,
-                        ynorm.data() + c0, c0, cols, k, rel_dot, rel_sq, ynorm_max, yn_max);
+                        ynorm.data() + c0, c0, cols, k, eb.rel_dot, eb.rel_sq, ynorm_max, yn_max);
         }
       });
     }
-    torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
-      std::vector<std::pair<double, int64_t>> exact;
-      for (int64_t r = b; r < e; ++r) {
-        RowState& st = states[r];
-        const int64_t i = r0 + r;
-        const T* xi = xp + i * D;
-        st.prune_cand(st.upper(k));
-        exact.clear();
-        for (const auto& c : st.cand) exact.emplace_back(exact_sq<T>(xi, yp + c.second * D, D), c.second);
-        const int64_t take = std::min<int64_t>(k, static_cast<int64_t>(exact.size()));
-        std::partial_sort(exact.begin(), exact.begin() + take, exact.end());
-        for (int64_t t = 0; t < k; ++t) {
-          out_d[i * k + t] = t < take ? exact[t].first : inf;
-          out_i[i * k + t] = t < take ? exact[t].second + offset : -1;
-        }
-        st.prune_max();
-        double m = -inf;
-        for (const auto& c : st.maxc) m = std::max(m, exact_sq<T>(xi, yp + c.second * D, D));
-        out_max[i] = m;
-        st = RowState();  // free the row's buffers
-      }
-    });
+    finish_rows<T>(states.data(), rows, r0, xp, yp, D, k, offset, out_d, out_i, out_max);
   }
+}
+
+// The self search (y = x): the product x x^T is symmetric, so only the tiles on and right of the
+// diagonal are computed. Tile (I, J), J's columns right of I's rows, feeds the filters of I's rows
+// (its rows) and of J's rows (its columns, through a transposed copy of a few columns at a time);
+// a diagonal tile feeds its rows only, which already covers both orders of every pair in it. Every
+// row therefore sees every column once, with the same a and e as the one-sided search (both are
+// symmetric in the pair), and the filter keeps its guarantee whatever order columns arrive in:
+// the result is the one-sided kernel's, for half the products. All rows' filters live at once:
+// O(N k) memory (a few KB per row) besides one product tile.
+template <typename T>
+void knn_self_impl(const Tensor& x, int64_t k, double* out_d, int64_t* out_i, double* out_max) {
+  const int64_t N = x.size(0), D = x.size(1);
+  const T* xp = static_cast<const T*>(x.const_data_ptr());
+  std::vector<double> xn, xnorm;
+  row_norms<T>(xp, N, D, xn, xnorm);
+  const Bounds eb = error_bounds<T>(D);
+  std::vector<RowState> states(N);
+  init_states(states, k);
+  constexpr int64_t kBlock = 64;  // columns transposed together for the column-side updates
+
+  for (int64_t r0 = 0; r0 < N; r0 += kTileRows) {
+    const int64_t rows = std::min(kTileRows, N - r0);
+    const Tensor xt = torch::stable::narrow(const_cast<Tensor&>(x), 0, r0, rows);
+    const double rnorm_max = *std::max_element(xnorm.begin() + r0, xnorm.begin() + r0 + rows);
+    const double rn_max = *std::max_element(xn.begin() + r0, xn.begin() + r0 + rows);
+    for (int64_t c0 = r0; c0 < N; c0 += kTileCols) {
+      const int64_t cols = std::min(kTileCols, N - c0);
+      const Tensor yt = torch::stable::narrow(const_cast<Tensor&>(x), 0, c0, cols);
+      Tensor prod = torch::stable::matmul(xt, torch::stable::transpose(yt, 0, 1));
+      prod = torch::stable::contiguous(prod);
+      const T* pp = static_cast<const T*>(prod.const_data_ptr());
+      const double cnorm_max = *std::max_element(xnorm.begin() + c0, xnorm.begin() + c0 + cols);
+      const double cn_max = *std::max_element(xn.begin() + c0, xn.begin() + c0 + cols);
+      // rows of I against every column of the tile (the diagonal block included)
+      torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          update_row<T>(states[r0 + r], pp + r * cols, xn[r0 + r], xnorm[r0 + r], xn.data() + c0,
+                        xnorm.data() + c0, c0, cols, k, eb.rel_dot, eb.rel_sq, cnorm_max, cn_max);
+        }
+      });
+      // the tile's columns outside the diagonal block against the rows of I
+      const int64_t first = std::max<int64_t>(0, r0 + rows - c0);
+      const int64_t nblocks = (cols - first + kBlock - 1) / kBlock;
+      torch::stable::parallel_for(0, nblocks, 1, [&](int64_t b, int64_t e) {
+        std::vector<T> buf(static_cast<size_t>(kBlock * rows));
+        for (int64_t blk = b; blk < e; ++blk) {
+          const int64_t j0 = first + blk * kBlock, j1 = std::min(cols, j0 + kBlock);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* src = pp + r * cols;
+            for (int64_t j = j0; j < j1; ++j) buf[(j - j0) * rows + r] = src[j];
+          }
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t g = c0 + j;
+            update_row<T>(states[g], buf.data() + (j - j0) * rows, xn[g], xnorm[g], xn.data() + r0,
+                          xnorm.data() + r0, r0, rows, k, eb.rel_dot, eb.rel_sq, rnorm_max, rn_max);
+          }
+        }
+      });
+    }
+    // Rows of I have now seen every column: those left of I through earlier tiles' columns.
+    finish_rows<T>(states.data() + r0, rows, r0, xp, xp, D, k, 0, out_d, out_i, out_max);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> knn_outputs(const Tensor& x, int64_t k) {
+  const int64_t M = x.size(0);
+  return {torch::stable::empty({M, k}, ScalarType::Double, std::nullopt, x.device()),
+          torch::stable::empty({M, k}, ScalarType::Long, std::nullopt, x.device()),
+          torch::stable::empty({M}, ScalarType::Double, std::nullopt, x.device())};
 }
 
 std::tuple<Tensor, Tensor, Tensor> knn_cpu(const Tensor& x, const Tensor& y, int64_t k,
                                            int64_t index_offset) {
   check_knn_inputs(x, y);
   STD_TORCH_CHECK(k >= 1, "knn: k must be >= 1");
-  const int64_t M = x.size(0);
-  auto dist = torch::stable::empty({M, k}, ScalarType::Double, std::nullopt, x.device());
-  auto idx = torch::stable::empty({M, k}, ScalarType::Long, std::nullopt, x.device());
-  auto rmax = torch::stable::empty({M}, ScalarType::Double, std::nullopt, x.device());
-  if (M == 0) return {dist, idx, rmax};
+  auto [dist, idx, rmax] = knn_outputs(x, k);
+  if (x.size(0) == 0) return {dist, idx, rmax};
   double* dp = dist.mutable_data_ptr<double>();
   int64_t* ip = idx.mutable_data_ptr<int64_t>();
   double* mp = rmax.mutable_data_ptr<double>();
@@ -215,10 +303,25 @@ std::tuple<Tensor, Tensor, Tensor> knn_cpu(const Tensor& x, const Tensor& y, int
   return {dist, idx, rmax};
 }
 
+std::tuple<Tensor, Tensor, Tensor> knn_self_cpu(const Tensor& x, int64_t k) {
+  check_knn_inputs(x, x);
+  STD_TORCH_CHECK(k >= 1, "knn_self: k must be >= 1");
+  auto [dist, idx, rmax] = knn_outputs(x, k);
+  if (x.size(0) == 0) return {dist, idx, rmax};
+  double* dp = dist.mutable_data_ptr<double>();
+  int64_t* ip = idx.mutable_data_ptr<int64_t>();
+  double* mp = rmax.mutable_data_ptr<double>();
+  REIDKERN_DISPATCH_FLOATING(x, "knn_self", [&] {
+    knn_self_impl<scalar_t>(x, k, dp, ip, mp);
+  });
+  return {dist, idx, rmax};
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(reidkern, CPU, m) {
   m.impl("knn", TORCH_BOX(&knn_cpu));
+  m.impl("knn_self", TORCH_BOX(&knn_self_cpu));
 }
 
 }  // namespace reidkern

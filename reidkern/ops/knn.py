@@ -21,6 +21,12 @@ if native_available():
         return (x.new_empty((m, k), dtype=torch.float64), x.new_empty((m, k), dtype=torch.int64),
                 x.new_empty((m,), dtype=torch.float64))
 
+    @torch.library.register_fake("reidkern::knn_self")
+    def _(x, k):
+        m = x.shape[0]
+        return (x.new_empty((m, k), dtype=torch.float64), x.new_empty((m, k), dtype=torch.int64),
+                x.new_empty((m,), dtype=torch.float64))
+
 
 class KnnResult(NamedTuple):
     """Result of :func:`knn` (a tuple: ``d, idx, row_max = knn(...)`` works)."""
@@ -45,10 +51,11 @@ _F64_LIMIT = 480
 
 
 def _check_range(x, y):
-    amax = V.max_abs(x, y)
+    amax = V.max_abs(x) if y is x else V.max_abs(x, y)
     if x.dtype == torch.float32:
         if V.pow2_exponent(amax, *_F32_RANGE):
-            return x.double(), y.double()
+            x64 = x.double()
+            return x64, (x64 if y is x else y.double())
         return x, y
     if amax > 2.0 ** _F64_LIMIT or 0 < amax < 2.0 ** -_F64_LIMIT:
         raise ValueError(f"x/y: largest magnitude {amax:.3g} is outside [2^-{_F64_LIMIT}, "
@@ -65,6 +72,11 @@ def knn(x, y, k, index_offset=0, backend=None, validate=True):
     candidates with a BLAS product in the inputs' dtype and a rigorous rounding bound, then
     recomputes the candidates exactly, so the neighbours and their order (ties by index) are those
     of the float64 distances. Peak memory: O(tile + M k).
+
+    Self search: when ``y is x`` (the same tensor object) the C++ kernel computes the symmetric
+    product x xᵀ once per pair (the tiles on and right of the diagonal, each feeding its rows and,
+    transposed, its columns): half the products for the same result, keeping a filter for every
+    row at once (a few KB per row).
 
     Args:
         x: [M, D] float32/float64 features (float16/bfloat16 widened to float32).
@@ -90,9 +102,10 @@ def knn(x, y, k, index_offset=0, backend=None, validate=True):
     Range: float32 features of any finite magnitude (beyond [2^-40, 2^40] the search runs in
     float64). Meta tensors give meta results of the right shapes.
     """
+    self_search = y is x
     if validate:
         x = _features(x, "x")
-        y = _features(y, "y")
+        y = x if self_search else _features(y, "y")
         if x.shape[1] != y.shape[1]:
             raise ValueError(f"x and y must have the same feature dimension, got {x.shape[1]} and {y.shape[1]}")
         if x.device != y.device:
@@ -106,8 +119,14 @@ def knn(x, y, k, index_offset=0, backend=None, validate=True):
     if x.device.type != "meta":
         if validate:
             V.check_finite(x, "x")
-            V.check_finite(y, "y")
-        x, y = _check_range(x, y)
+            if not self_search:
+                V.check_finite(y, "y")
+        x, y = _check_range(x, x if self_search else y)
+    if self_search and choice == "cpp":
+        d, idx, row_max = torch.ops.reidkern.knn_self(x.contiguous(), k)
+        if index_offset:
+            idx = torch.where(idx >= 0, idx + index_offset, idx)
+        return KnnResult(d, idx, row_max)
     if choice in ("cpp", "cuda"):
         return KnnResult(*torch.ops.reidkern.knn(x.contiguous(), y.contiguous(), k, index_offset))
     if choice == "triton":

@@ -172,7 +172,8 @@ def _knn_features(X, k, col_range, backend, progress, chunk=4096):
     outs = []
     starts = range(0, X.shape[0], chunk)
     for s in _progress(starts, progress, "re-ranking: neighbours", total=len(starts)):
-        outs.append(knn(X[s:s + chunk], Y, k, index_offset=c0, backend=backend))
+        # the callers have checked X (finite, 2-D, one device): no re-check of all of Y per chunk
+        outs.append(knn(X[s:s + chunk], Y, k, index_offset=c0, backend=backend, validate=False))
     return tuple(torch.cat([o[i] for o in outs]).cpu() for i in range(3))
 
 
@@ -422,7 +423,8 @@ def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile
         k1, k2: as in :func:`k_reciprocal`.
         backend: neighbour-search backend (see :func:`k_reciprocal`); "reference" densifies the
             float64 reference (O(N^2) memory).
-        progress: tqdm progress bars (default when N >= 20,000).
+        progress: tqdm progress bars (default when N >= 20,000); the C++ neighbour search runs
+            as one call (the self search, each pair's product once) and shows none.
         tile_rows: rows per Jaccard tile (positive int; default 4096).
 
     Raises:
@@ -433,12 +435,17 @@ def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile
     import scipy.sparse as sp
 
     X = _check_features(features, "features")
-    _check_values(("features", X))
+    V.check_not_meta(X, "features")
     tile_rows = V.check_tile_rows(tile_rows) or 4096
     k1, k2 = _check_params(k1, k2, _NO_LAMBDA, X.shape[0])
     if X.dtype != torch.float64:
         X = X.float()
-    X, = _rescaled(V.max_abs(X), X)
+    # One pass over the features for both the finiteness check and the rescaling (max |x| is
+    # NaN/inf exactly when some value is); the neighbour search below is told not to re-check.
+    amax = V.max_abs(X)
+    if not math.isfinite(amax):
+        raise ValueError("features contains NaN or inf")
+    X, = _rescaled(amax, X)
     X = X.contiguous()
     N = X.shape[0]
     choice = resolve_backend("jaccard_distance", X.device, backend, supported=_SUPPORTED)
@@ -453,7 +460,11 @@ def jaccard_distance(features, k1=20, k2=6, *, backend=None, progress=None, tile
     if progress is None:
         progress = N >= _PROGRESS_MIN_N
     k = min(k1 + 2, N)
-    d, idx, row_max = _knn_features(X, k, (0, N), choice, progress)
+    if choice == "cpp":
+        # the self search: each pair's product once (reidkern.ops.knn with y is x)
+        d, idx, row_max = knn(X, X, k, backend=choice, validate=False)
+    else:
+        d, idx, row_max = _knn_features(X, k, (0, N), choice, progress)
     if not bool((row_max > 0).all()):
         raise ValueError("features: every sample is identical (all distances are 0)")
     ranks = _initial_ranks(d, idx, row_max, k1)
