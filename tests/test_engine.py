@@ -298,3 +298,92 @@ def test_bf16_autocast_step():
     assert all(np.isfinite(h["loss"]) for h in hist)
     with pytest.raises(ValueError, match="amp"):
         make_trainer(None, amp="int8")
+
+
+def _clustered_features(seed=0, ids=5, per_id=12, dim=16):
+    from reidkern.engine.extract import Features
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(ids, dim, generator=g)
+    pids = torch.arange(ids).repeat_interleave(per_id)
+    feats = centres[pids] + 0.9 * torch.randn(len(pids), dim, generator=g)
+    camids = torch.arange(len(pids)) % 3
+    q = torch.zeros(len(pids), dtype=torch.bool)
+    q[::per_id] = True  # one query per identity
+    return (Features(feats[q], pids[q], camids[q]), Features(feats[~q], pids[~q], camids[~q]))
+
+
+def test_choose_rerank_params_is_the_grid_argmax():
+    """The chosen (k1, k2, λ) is the one whose re-ranked mAP is highest (the earlier on a tie);
+    triples whose k1 exceeds the split are left out; an empty grid is refused."""
+    from reidkern.engine.evaluate import choose_rerank_params, score_features
+    q, g = _clustered_features()
+    grid = ((20, 6, 0.3), (5, 2, 0.3), (10, 3, 0.1), (20, 6, 0.3), (500, 6, 0.3))
+    recipe = toy_recipe(rerank=True, rerank_grid=grid)
+    best, scores = choose_rerank_params(recipe, q, g)
+    assert set(scores) == {"20,6,0.3", "5,2,0.3", "10,3,0.1"}  # k1 500 > 60 images: left out
+    direct = {t: score_features(recipe, q, g, rerank=True, rerank_params=t)["mAP"] for t in grid[:3]}
+    top = max(direct.values())
+    assert best == next(t for t in grid[:3] if direct[t] == top)
+    assert len(set(direct.values())) > 1  # the grid matters on this data: the test can fail
+    for t, m in direct.items():
+        assert scores[",".join(map(str, t))] == m
+    with pytest.raises(ValueError, match="rerank_grid"):
+        choose_rerank_params(toy_recipe(rerank=True, rerank_grid=()), q, g)
+    with pytest.raises(ValueError, match="rerank_grid"):
+        choose_rerank_params(toy_recipe(rerank=True, rerank_grid=((500, 6, 0.3),)), q, g)
+
+
+def test_train_chooses_rerank_params_on_validation(tmp_path):
+    """run.train with a rerank_grid: the (k1, k2, λ) used for the before and after test scores
+    are the validation split's best, recorded in results.json."""
+    import json
+    from reidkern.data import Record
+    from reidkern.engine.run import train
+
+    class Split:
+        def __init__(self, ids, per_id, start=0):
+            self.records = [Record(f"img{start + i}.jpg", pid, i % 3)
+                            for i, pid in enumerate(np.repeat(np.arange(ids), per_id))]
+
+    class ToySet(torch.utils.data.Dataset):  # a record's image: its identity's pattern + noise
+        base = torch.randn(40, 3, 8, 4, generator=torch.Generator().manual_seed(1))
+
+        def __init__(self, records, transform=None):
+            self.records = records
+
+        def __len__(self):
+            return len(self.records)
+
+        def __getitem__(self, i):
+            r = self.records[i]
+            g = torch.Generator().manual_seed(int(r.path[3:-4]))
+            return {"img": self.base[r.pid] + 0.8 * torch.randn(3, 8, 4, generator=g), "pid": r.pid,
+                    "camid": r.camid, "index": i}
+
+    class Data:
+        train = Split(8, 8).records
+        query = [r for r in Split(6, 8, 1000).records if int(r.path[3:-4]) % 8 == 0]
+        gallery = [r for r in Split(6, 8, 1000).records if int(r.path[3:-4]) % 8 != 0]
+
+    grid = ((3, 2, 0.3), (8, 2, 0.1), (12, 3, 0.3))
+    recipe = toy_recipe(rerank=True, rerank_grid=grid, val_ids=3, batch_size=8, build_dataset=ToySet,
+                        flip_test=False, build_transforms=lambda h, w, train: None)
+    train(recipe, Data, str(tmp_path), steps=2, eval_before=True, num_workers=0, progress=False,
+          log=lambda s: None)
+    res = json.loads((tmp_path / "results.json").read_text())
+    for tag in ("before", "after"):
+        chosen = res[f"rerank_{tag}"]
+        scores = chosen["val_mAP"]
+        assert set(scores) <= {",".join(map(str, t)) for t in grid} and scores
+        key = f"{chosen['k1']},{chosen['k2']},{chosen['lambda_value']}"
+        assert scores[key] == max(scores.values())
+        assert 0 < res[tag]["rr_mAP"] <= 1
+    # the after scores were re-ranked with the chosen triple (the saved test features re-scored)
+    from reidkern.engine.evaluate import score_features
+    from reidkern.engine.extract import Features
+    q, g = (np.load(tmp_path / f"{n}.npz") for n in ("query", "gallery"))
+    feats = [Features(*(torch.from_numpy(z[k]) for k in ("feats", "pids", "camids"))) for z in (q, g)]
+    after = res["rerank_after"]
+    rr = score_features(recipe, *feats, rerank=True,
+                        rerank_params=(after["k1"], after["k2"], after["lambda_value"]))
+    assert rr["mAP"] == pytest.approx(res["after"]["rr_mAP"], abs=1e-6)

@@ -72,7 +72,14 @@ class Recipe:
         clip_grad_norm: max gradient L2 norm (None: no clipping).
         label_smoothing: ε of label-smoothed cross entropy, for recipes whose loss reads it.
         flip_test: average the features of each image and its mirror at test time.
-        rerank: k-reciprocal re-ranking (k1 20, k2 6, λ 0.3) at test time.
+        rerank: k-reciprocal re-ranking at test time, with ``rerank_params``.
+        rerank_params: ``(k1, k2, lambda_value)`` of the re-ranking (Zhong et al., CVPR 2017;
+            their Market-1501 setting (20, 6, 0.3) by default).
+        rerank_grid: candidate ``(k1, k2, lambda_value)`` triples; when given and the run has a
+            validation split, ``reidkern.engine.run.train`` re-ranks with the triple of best
+            validation mAP (for the model before training and for the tested checkpoint alike),
+            never choosing on the test set. The best k1 grows with the gallery images per identity
+            (Market-1501: ~20 per id; Con-ReID: ~90), which is why it is chosen, not fixed.
         val_ids: identities carved from the training split for validation (best checkpoint);
             0 = no validation (the last checkpoint is kept).
         seed: base seed of sampling, augmentation and initialisation.
@@ -114,6 +121,8 @@ class Recipe:
     label_smoothing: float = 0.1
     flip_test: bool = True
     rerank: bool = False
+    rerank_params: Tuple[int, int, float] = (20, 6, 0.3)
+    rerank_grid: Optional[Tuple[Tuple[int, int, float], ...]] = None
     val_ids: int = 8
     seed: int = 0
     channels_last: bool = False

@@ -10,7 +10,9 @@ pretrained) model on the test split first, for a before/after table. Output fold
     metrics.jsonl   one JSON line per logged step / validation / test
     last.pt         last complete checkpoint (resume with ``resume=``)
     best.pt         best validation checkpoint
-    results.json    {"before": {...}, "after": {...}} test scores (fractions)
+    results.json    {"before": {...}, "after": {...}} test scores (fractions); with a recipe's
+                    ``rerank_grid``, also ``rerank_before``/``rerank_after``: the (k1, k2, λ) chosen
+                    on the validation split and every candidate's validation mAP
     query.npz, gallery.npz   the final test features (``reidkern eval`` / ``show-ranks`` input)
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .evaluate import evaluate_model
+from .evaluate import choose_rerank_params, evaluate_model
 from .loader import TrainLoader
 from .trainer import Trainer, _distributed
 
@@ -181,9 +183,29 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
     if resume:
         trainer.load(resume)
         log(f"resumed from {resume} at step {trainer.step} (epoch {trainer.epoch})")
+    tune_rr = bool(recipe.rerank and recipe.rerank_grid and val_q and recipe.evaluate is None)
+
+    def rerank_params(tag: str):
+        """The recipe's re-ranking (k1, k2, λ), or the grid's best on validation for this model."""
+        if not tune_rr:
+            return None
+        _, vq, vg = evaluate_model(trainer.model, recipe, val_q, val_g, device=dev, amp=amp,
+                                   num_workers=num_workers, progress=False, rerank=False, return_features=True)
+        try:
+            params, scores = choose_rerank_params(recipe, vq, vg)
+        except ValueError as e:  # a validation split too small for every k1 of the grid
+            log(f"re-ranking ({tag}): {e}; using the recipe's rerank_params {tuple(recipe.rerank_params)}")
+            return None
+        out[f"rerank_{tag}"] = {"k1": params[0], "k2": params[1], "lambda_value": params[2],
+                                "val_mAP": scores}
+        log(f"re-ranking ({tag}): k1 {params[0]}, k2 {params[1]}, lambda {params[2]} "
+            f"(best validation mAP {100 * scores[','.join(map(str, params))]:.1f} of {len(scores)} settings)")
+        return params
+
     if eval_before and rank == 0 and trainer.step == 0:
         out["before"] = evaluate_model(model, recipe, dataset.query, dataset.gallery, device=dev, amp=amp,
-                                       num_workers=num_workers, progress=progress, both=True)
+                                       num_workers=num_workers, progress=progress, both=True,
+                                       rerank_params=rerank_params("before"))
         trainer.log({"step": 0, **{f"test_before_{k}": v for k, v in out["before"].items()}})
         log("before: " + format_scores(out["before"]))
     trainer.fit()
@@ -197,7 +219,8 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
                 f"val mAP {100 * trainer.best['value']:.1f})")
         out["after"], qf, gf = evaluate_model(trainer.model, recipe, dataset.query, dataset.gallery,
                                               device=dev, amp=amp, num_workers=num_workers,
-                                              progress=progress, both=True, return_features=True)
+                                              progress=progress, both=True, return_features=True,
+                                              rerank_params=rerank_params("after"))
         if recipe.evaluate is None:
             from .evaluate import save_npz
             save_npz(qf, dataset.query, os.path.join(out_dir, "query.npz"))
