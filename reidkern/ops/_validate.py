@@ -99,22 +99,24 @@ def check_same_device(pairs) -> None:
             raise ValueError(f"{name} is on {t.device} but {n0} is on {t0.device}; expected one device")
 
 
-def max_abs(*ts: torch.Tensor) -> float:
-    """The largest |value| over the tensors (NaN if any holds NaN; 0 when all are empty).
+def abs_max(t: torch.Tensor) -> torch.Tensor:
+    """max |t| of a non-empty tensor as a 0-d float64 tensor on t's device (NaN if t holds NaN).
 
     Floating tensors go through one fused min/max reduction (``torch.aminmax``, which propagates
-    NaN) rather than ``abs().max()``, so no copy of the tensor is made: callers pass whole feature
-    matrices (106 MB at Market-1501 size)."""
-    vals = []
-    for t in ts:
-        if not t.numel():
-            continue
-        t = t.detach()
-        if t.is_floating_point():
-            lo, hi = torch.aminmax(t)
-            vals.append(torch.maximum(-lo, hi).double().cpu())
-        else:
-            vals.append(t.abs().max().double().cpu())
+    NaN) rather than ``abs().max()``, which writes and reads back a copy of t: about 10x slower on
+    inputs of 100 MB (float32 [64, 6, 192, 512] on a 2-core EPYC: 63 ms against 6 ms), enough to
+    make checking template_attention's arguments cost more than its kernels."""
+    t = t.detach()
+    if not t.is_floating_point():
+        return t.abs().max().double()
+    lo, hi = torch.aminmax(t)
+    return torch.maximum(-lo, hi).double()
+
+
+def max_abs(*ts: torch.Tensor) -> float:
+    """The largest |value| over the tensors (NaN if any holds NaN; 0 when all are empty); callers
+    pass whole feature matrices (106 MB at Market-1501 size), hence :func:`abs_max`."""
+    vals = [abs_max(t).cpu() for t in ts if t.numel()]
     return float(torch.stack(vals).max()) if vals else 0.0
 
 
@@ -134,7 +136,7 @@ def finite_magnitudes(named):
     if torch.compiler.is_compiling() or any(t.device.type == "meta" for _, t in named):
         return []
     with torch.no_grad():
-        vals = [t.detach().abs().amax().double() if t.numel() else
+        vals = [abs_max(t) if t.numel() else
                 torch.zeros((), dtype=torch.float64, device=t.device) for _, t in named]
         mags = torch.stack(vals).tolist()
     for (name, t), m in zip(named, mags):
@@ -155,7 +157,7 @@ def normalize_rows(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.
     import math
     if x.numel() and x.is_floating_point() and x.device.type != "meta" \
             and not torch.compiler.is_compiling():
-        amax = float(x.detach().abs().max())
+        amax = float(abs_max(x))
         if math.isfinite(amax) and amax > 2.0 ** (math.frexp(torch.finfo(x.dtype).max)[1] // 4):
             e = math.frexp(amax)[1]
             while e:  # steps that keep each power of two inside the dtype's range
