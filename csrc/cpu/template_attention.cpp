@@ -55,21 +55,13 @@ AttnGeom check_geometry(const Tensor& q, const Tensor& k, const Tensor& v,
   return g;
 }
 
-template <typename T>
-void run_fwd(const AttnGeom& g, const AttnFwdArgs<T>& a, const Blas& blas) {
+// Runs the (b, h) tasks forward (a: AttnFwdArgs) or backward (AttnBwdArgs) with g's strategy.
+template <typename A>
+void run_tasks(const AttnGeom& g, const A& a, const Blas& blas) {
   torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
-    if (g.few) attn::fwd_few_queries<T>(g, a, begin, end);
-    else if (g.blas) attn::fwd_blas<T>(g, a, blas, begin, end);
-    else attn::fwd_small<T>(g, a, begin, end);
-  });
-}
-
-template <typename T>
-void run_bwd(const AttnGeom& g, const AttnBwdArgs<T>& a, const Blas& blas) {
-  torch::stable::parallel_for(0, g.B * g.H, 1, [&](int64_t begin, int64_t end) {
-    if (g.few) attn::bwd_few_queries<T>(g, a, begin, end);
-    else if (g.blas) attn::bwd_blas<T>(g, a, blas, begin, end);
-    else attn::bwd_small<T>(g, a, begin, end);
+    if (g.few) attn::few_queries(g, a, blas, begin, end);
+    else if (g.blas) attn::blas_gemms(g, a, blas, begin, end);
+    else attn::small_tasks(g, a, blas, begin, end);
   });
 }
 
@@ -100,7 +92,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> template_attention_fwd_cpu(
                            return_weights ? static_cast<T*>(weights.mutable_data_ptr()) : nullptr};
     advise_huge_pages(a.out, g.B * g.H * g.Nq * g.D * int64_t(sizeof(T)));
     if (a.weights) advise_huge_pages(a.weights, g.B * g.H * g.Nq * g.L * int64_t(sizeof(T)));
-    run_fwd<T>(g, a, blas);
+    run_tasks(g, a, blas);
   });
   return {out, lse, mean, weights};
 }
@@ -152,7 +144,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
     advise_huge_pages(a.dq, g.B * g.H * g.Nq * g.D * int64_t(sizeof(T)));
     advise_huge_pages(a.dk, dk.numel() * int64_t(sizeof(T)));
     advise_huge_pages(a.dv, dv.numel() * int64_t(sizeof(T)));
-    run_bwd<T>(g, a, blas);
+    run_tasks(g, a, blas);
   });
   return {dq, dk, dv};
 }

@@ -135,44 +135,20 @@ REIDKERN_INLINE void bwd_task(const AttnGeom& g, const AttnBwdArgs<T>& a, const 
   blas.mm(row_major(p, Nq, L, L).t(), dout, x.dv, a.dv_s.row);  // dV = P^T dO
 }
 
-template <typename T, int VB>
-REIDKERN_INLINE void fwd_range(AttnGeom g, AttnFwdArgs<T> a, Blas blas, int64_t begin,
-                               int64_t end) {
-  std::vector<T> S(g.Nq * g.L);
-  for (int64_t bh = begin; bh < end; ++bh) fwd_task<T, VB>(g, a, blas, bh, S.data());
+template <typename T, int VB, typename A>
+REIDKERN_INLINE void range(AttnGeom g, A a, Blas blas, int64_t begin, int64_t end) {
+  if constexpr (A::forward) {
+    std::vector<T> S(g.Nq * g.L);
+    for (int64_t bh = begin; bh < end; ++bh) fwd_task<T, VB>(g, a, blas, bh, S.data());
+  } else {
+    std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
+    for (int64_t bh = begin; bh < end; ++bh) bwd_task<T, VB>(g, a, blas, bh, P.data(), dS.data());
+  }
 }
-
-template <typename T, int VB>
-REIDKERN_INLINE void bwd_range(AttnGeom g, AttnBwdArgs<T> a, Blas blas, int64_t begin,
-                               int64_t end) {
-  std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
-  for (int64_t bh = begin; bh < end; ++bh) bwd_task<T, VB>(g, a, blas, bh, P.data(), dS.data());
-}
-
-REIDKERN_ISA_CLONES(fwd_range_isa, fwd_range)
-REIDKERN_ISA_CLONES(bwd_range_isa, bwd_range)
 
 }  // namespace
 
-template <typename T>
-void fwd_blas(const AttnGeom& g, const AttnFwdArgs<T>& a, const Blas& blas, int64_t begin,
-              int64_t end) {
-  fwd_range_isa<T>(g, a, blas, begin, end);
-}
-template <typename T>
-void bwd_blas(const AttnGeom& g, const AttnBwdArgs<T>& a, const Blas& blas, int64_t begin,
-              int64_t end) {
-  bwd_range_isa<T>(g, a, blas, begin, end);
-}
-
-template void fwd_blas<float>(const AttnGeom&, const AttnFwdArgs<float>&, const Blas&, int64_t,
-                              int64_t);
-template void fwd_blas<double>(const AttnGeom&, const AttnFwdArgs<double>&, const Blas&, int64_t,
-                               int64_t);
-template void bwd_blas<float>(const AttnGeom&, const AttnBwdArgs<float>&, const Blas&, int64_t,
-                              int64_t);
-template void bwd_blas<double>(const AttnGeom&, const AttnBwdArgs<double>&, const Blas&, int64_t,
-                               int64_t);
+REIDKERN_ATTN_STRATEGY(blas_gemms, range)
 
 }  // namespace attn
 }  // namespace reidkern

@@ -263,56 +263,29 @@ REIDKERN_INLINE void bwd_task(const AttnGeom& g, const AttnBwdArgs<T>& a, int64_
   lanes_t_times_rows<T, VB, NQ>(L, D, st, s.grad_out, D, s.dv, a.dv_s.row);    // dV = P^T dO
 }
 
-template <typename T, int VB>
-REIDKERN_INLINE void fwd_range(AttnGeom g, AttnFwdArgs<T> a, int64_t begin, int64_t end) {
-  FewQScratch<T> sc(g.L, g.D);
-  for (int64_t bh = begin; bh < end; ++bh) {
-    switch (g.Nq) {
-#define REIDKERN_FEW_FWD(N) \
-  case N: fwd_task<T, VB, N>(g, a, bh, sc); break;
-      REIDKERN_FEW_FWD(1) REIDKERN_FEW_FWD(2) REIDKERN_FEW_FWD(3) REIDKERN_FEW_FWD(4)
-      REIDKERN_FEW_FWD(5) REIDKERN_FEW_FWD(6) REIDKERN_FEW_FWD(7) REIDKERN_FEW_FWD(8)
-#undef REIDKERN_FEW_FWD
-      default: break;
+// The tasks [begin, end) with the query count as a compile-time constant NQ = g.Nq (1 to
+// kFewQueries), forward or backward as A says.
+template <typename T, int VB, int NQ, typename A>
+REIDKERN_INLINE void tasks_nq(const AttnGeom& g, const A& a, int64_t begin, int64_t end,
+                              FewQScratch<T>& sc) {
+  if constexpr (NQ <= kFewQueries) {
+    if (g.Nq != NQ) return tasks_nq<T, VB, NQ + 1>(g, a, begin, end, sc);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      if constexpr (A::forward) fwd_task<T, VB, NQ>(g, a, bh, sc);
+      else bwd_task<T, VB, NQ>(g, a, bh, sc);
     }
   }
 }
 
-template <typename T, int VB>
-REIDKERN_INLINE void bwd_range(AttnGeom g, AttnBwdArgs<T> a, int64_t begin, int64_t end) {
+template <typename T, int VB, typename A>
+REIDKERN_INLINE void range(AttnGeom g, A a, Blas, int64_t begin, int64_t end) {
   FewQScratch<T> sc(g.L, g.D);
-  for (int64_t bh = begin; bh < end; ++bh) {
-    switch (g.Nq) {
-#define REIDKERN_FEW_BWD(N) \
-  case N: bwd_task<T, VB, N>(g, a, bh, sc); break;
-      REIDKERN_FEW_BWD(1) REIDKERN_FEW_BWD(2) REIDKERN_FEW_BWD(3) REIDKERN_FEW_BWD(4)
-      REIDKERN_FEW_BWD(5) REIDKERN_FEW_BWD(6) REIDKERN_FEW_BWD(7) REIDKERN_FEW_BWD(8)
-#undef REIDKERN_FEW_BWD
-      default: break;
-    }
-  }
+  tasks_nq<T, VB, 1>(g, a, begin, end, sc);
 }
-
-REIDKERN_ISA_CLONES(fwd_range_isa, fwd_range)
-REIDKERN_ISA_CLONES(bwd_range_isa, bwd_range)
 
 }  // namespace
 
-template <typename T>
-void fwd_few_queries(const AttnGeom& g, const AttnFwdArgs<T>& a, int64_t begin, int64_t end) {
-  fwd_range_isa<T>(g, a, begin, end);
-}
-template <typename T>
-void bwd_few_queries(const AttnGeom& g, const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
-  bwd_range_isa<T>(g, a, begin, end);
-}
-
-template void fwd_few_queries<float>(const AttnGeom&, const AttnFwdArgs<float>&, int64_t, int64_t);
-template void fwd_few_queries<double>(const AttnGeom&, const AttnFwdArgs<double>&, int64_t,
-                                      int64_t);
-template void bwd_few_queries<float>(const AttnGeom&, const AttnBwdArgs<float>&, int64_t, int64_t);
-template void bwd_few_queries<double>(const AttnGeom&, const AttnBwdArgs<double>&, int64_t,
-                                      int64_t);
+REIDKERN_ATTN_STRATEGY(few_queries, range)
 
 }  // namespace attn
 }  // namespace reidkern

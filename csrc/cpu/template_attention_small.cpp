@@ -106,38 +106,21 @@ REIDKERN_INLINE void bwd_task(const AttnGeom& g, const AttnBwdArgs<T>& a, int64_
                       {x.dv, a.dv_s.row, kv});
 }
 
-template <typename T, int VB>
-REIDKERN_INLINE void fwd_range(AttnGeom g, AttnFwdArgs<T> a, int64_t begin, int64_t end) {
-  std::vector<T> S(g.Nq * g.L);
+template <typename T, int VB, typename A>
+REIDKERN_INLINE void range(AttnGeom g, A a, Blas, int64_t begin, int64_t end) {
   std::vector<int32_t> keys(g.L);
-  for (int64_t bh = begin; bh < end; ++bh) fwd_task<T, VB>(g, a, bh, S, keys);
+  if constexpr (A::forward) {
+    std::vector<T> S(g.Nq * g.L);
+    for (int64_t bh = begin; bh < end; ++bh) fwd_task<T, VB>(g, a, bh, S, keys);
+  } else {
+    std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
+    for (int64_t bh = begin; bh < end; ++bh) bwd_task<T, VB>(g, a, bh, P, dS, keys);
+  }
 }
-
-template <typename T, int VB>
-REIDKERN_INLINE void bwd_range(AttnGeom g, AttnBwdArgs<T> a, int64_t begin, int64_t end) {
-  std::vector<T> P(g.Nq * g.L), dS(g.Nq * g.L);
-  std::vector<int32_t> keys(g.L);
-  for (int64_t bh = begin; bh < end; ++bh) bwd_task<T, VB>(g, a, bh, P, dS, keys);
-}
-
-REIDKERN_ISA_CLONES(fwd_range_isa, fwd_range)
-REIDKERN_ISA_CLONES(bwd_range_isa, bwd_range)
 
 }  // namespace
 
-template <typename T>
-void fwd_small(const AttnGeom& g, const AttnFwdArgs<T>& a, int64_t begin, int64_t end) {
-  fwd_range_isa<T>(g, a, begin, end);
-}
-template <typename T>
-void bwd_small(const AttnGeom& g, const AttnBwdArgs<T>& a, int64_t begin, int64_t end) {
-  bwd_range_isa<T>(g, a, begin, end);
-}
-
-template void fwd_small<float>(const AttnGeom&, const AttnFwdArgs<float>&, int64_t, int64_t);
-template void fwd_small<double>(const AttnGeom&, const AttnFwdArgs<double>&, int64_t, int64_t);
-template void bwd_small<float>(const AttnGeom&, const AttnBwdArgs<float>&, int64_t, int64_t);
-template void bwd_small<double>(const AttnGeom&, const AttnBwdArgs<double>&, int64_t, int64_t);
+REIDKERN_ATTN_STRATEGY(small_tasks, range)
 
 }  // namespace attn
 }  // namespace reidkern

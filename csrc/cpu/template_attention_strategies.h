@@ -44,6 +44,8 @@ constexpr int64_t kBlasMinMacs = int64_t(1) << 16;
 
 template <typename T>
 struct AttnFwdArgs {
+  using scalar = T;
+  static constexpr bool forward = true;
   const T *q, *k, *v;  // q [B or 1, H, Nq, D], k and v [B, H, L, D] (strides in AttnGeom)
   const bool* mask;    // [B, L], true = padding; nullptr: no padding
   T scale;
@@ -55,6 +57,8 @@ struct AttnFwdArgs {
 
 template <typename T>
 struct AttnBwdArgs {
+  using scalar = T;
+  static constexpr bool forward = false;
   const T* grad_out;      // [B, H, Nq, D] contiguous
   const T* grad_weights;  // [B, H, Nq, L] contiguous or nullptr
   const T* grad_mean;     // [B, H, Nq] or nullptr
@@ -135,21 +139,31 @@ inline void bwd_no_keys(const AttnGeom& g, const AttnBwdArgs<T>& a, const BwdSli
     for (int64_t d = 0; d < g.D; ++d) s.dk[j * a.dk_s.row + d] = s.dv[j * a.dv_s.row + d] = T(0);
 }
 
-// The strategies (explicitly instantiated for float and double in their files).
-template <typename T>
-void fwd_few_queries(const AttnGeom& g, const AttnFwdArgs<T>& a, int64_t begin, int64_t end);
-template <typename T>
-void bwd_few_queries(const AttnGeom& g, const AttnBwdArgs<T>& a, int64_t begin, int64_t end);
-template <typename T>
-void fwd_blas(const AttnGeom& g, const AttnFwdArgs<T>& a, const Blas& blas, int64_t begin,
-              int64_t end);
-template <typename T>
-void bwd_blas(const AttnGeom& g, const AttnBwdArgs<T>& a, const Blas& blas, int64_t begin,
-              int64_t end);
-template <typename T>
-void fwd_small(const AttnGeom& g, const AttnFwdArgs<T>& a, int64_t begin, int64_t end);
-template <typename T>
-void bwd_small(const AttnGeom& g, const AttnBwdArgs<T>& a, int64_t begin, int64_t end);
+// The strategies: STRATEGY(g, a, blas, begin, end) runs the tasks [begin, end) forward (a is an
+// AttnFwdArgs<T>) or backward (an AttnBwdArgs<T>); blas is used by blas_gemms only. Each file
+// defines its own with REIDKERN_ATTN_STRATEGY.
+template <typename A>
+void few_queries(const AttnGeom& g, const A& a, const Blas& blas, int64_t begin, int64_t end);
+template <typename A>
+void blas_gemms(const AttnGeom& g, const A& a, const Blas& blas, int64_t begin, int64_t end);
+template <typename A>
+void small_tasks(const AttnGeom& g, const A& a, const Blas& blas, int64_t begin, int64_t end);
+
+// REIDKERN_ATTN_STRATEGY(NAME, RANGE), in a strategy's file after its anonymous namespace:
+// defines the strategy NAME above as RANGE<T, VB>(g, a, blas, begin, end) (a template on the
+// argument struct A, taking its arguments by value) compiled per instruction set and picked from
+// the CPU's features (REIDKERN_ISA_CLONES, cpu/simd.h), for both directions in float and double.
+#define REIDKERN_ATTN_STRATEGY(NAME, RANGE)                                                    \
+  REIDKERN_ISA_CLONES(NAME##_isa, RANGE)                                                       \
+  template <typename A>                                                                        \
+  void NAME(const AttnGeom& g, const A& a, const Blas& blas, int64_t begin, int64_t end) {     \
+    NAME##_isa<typename A::scalar>(g, a, blas, begin, end);                                    \
+  }                                                                                            \
+  template void NAME(const AttnGeom&, const AttnFwdArgs<float>&, const Blas&, int64_t, int64_t); \
+  template void NAME(const AttnGeom&, const AttnFwdArgs<double>&, const Blas&, int64_t,         \
+                     int64_t);                                                                 \
+  template void NAME(const AttnGeom&, const AttnBwdArgs<float>&, const Blas&, int64_t, int64_t); \
+  template void NAME(const AttnGeom&, const AttnBwdArgs<double>&, const Blas&, int64_t, int64_t);
 
 }  // namespace attn
 }  // namespace reidkern

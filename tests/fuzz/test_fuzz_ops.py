@@ -37,6 +37,15 @@ def _ids(draw, n, hi=3):
     return torch.tensor(draw(st.lists(st.integers(0, hi), min_size=n, max_size=n)), dtype=torch.int64)
 
 
+def _two_sets(draw, rows_x, rows_y):
+    """Feature sets x [M, D], y [N, D] of one drawn dtype: M and N drawn from the inclusive
+    ranges rows_x and rows_y, D from 1-4 (knn's x and y, evaluate_features' qf and gf)."""
+    M, N, D = draw(st.integers(*rows_x)), draw(st.integers(*rows_y)), draw(st.integers(1, 4))
+    x, _ = draw(tensors((M, D)))
+    y, _ = draw(tensors((N, D), dtypes=(x.dtype,)))
+    return x, y
+
+
 def _exponent(*ts):
     m = max((float(t.abs().max()) for t in ts if t.numel()), default=0.0)
     return math.frexp(m)[1] if m else 0
@@ -59,9 +68,7 @@ def _down(t, e):
 @given(st.data())
 def test_knn(data):
     draw = data.draw
-    M, Ny, D = draw(st.integers(0, 6)), draw(st.integers(0, 7)), draw(st.integers(1, 4))
-    x, _ = draw(tensors((M, D)))
-    y, _ = draw(tensors((Ny, D), dtypes=(x.dtype,)))
+    x, y = _two_sets(draw, (0, 6), (0, 7))
     k = draw(INTS)
     offset = draw(st.sampled_from([0, 3, -1, 2.7, np.int64(1)]))
     backend = draw(st.sampled_from(BACKENDS))
@@ -129,9 +136,8 @@ def _separated(dist, gf, tol):
 @given(st.data())
 def test_evaluate_features(data):
     draw = data.draw
-    Q, G, D = draw(st.integers(1, 4)), draw(st.integers(1, 7)), draw(st.integers(1, 4))
-    qf, _ = draw(tensors((Q, D)))
-    gf, _ = draw(tensors((G, D), dtypes=(qf.dtype,)))
+    qf, gf = _two_sets(draw, (1, 4), (1, 7))
+    Q, G = len(qf), len(gf)
     ids = (_ids(draw, Q), _ids(draw, G), _ids(draw, Q, 1), _ids(draw, G, 1))
     metric = draw(st.sampled_from(["euclidean", "cosine", "bogus"]))
     backend = draw(st.sampled_from(BACKENDS + ["bogus"]))
