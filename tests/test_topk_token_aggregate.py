@@ -116,6 +116,24 @@ def test_opcheck_triton(device, backend):
             **({} if utils is None else {"test_utils": utils}))
 
 
+@pytest.mark.parametrize("device,backend", CASES)
+def test_nan_scores_rank_first_when_unchecked(device, backend):
+    """Compiled graphs skip the (data-dependent) NaN check, as validate=False does: every kernel
+    must still keep in-range tokens, NaN ranked above every number and ties (NaN ones too) to the
+    lowest index, the order of torch.sort(descending=True, stable=True)."""
+    nan, inf = math.nan, math.inf
+    scores = torch.tensor([[[0.1, nan, nan], [nan, 0.5, nan], [0.3, 0.5, nan], [nan, -inf, nan],
+                            [0.7, 0.2, nan]]])  # [1, L=5, Np=3]: no, some and only NaN columns
+    tokens = torch.arange(15.0).reshape(1, 5, 3)
+    k = 4
+    _, idx, sel = topk_token_aggregate(scores.to(device), tokens.to(device), k=k, backend=backend,
+                                       validate=False)
+    expected = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k].transpose(1, 2)
+    assert torch.equal(idx.cpu(), expected)
+    kept = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, expected.transpose(1, 2), True)
+    assert torch.allclose(sel.cpu(), torch.where(kept, scores, 0.0), equal_nan=True)
+
+
 @pytest.mark.skipif(not NATIVE, reason="compiled library not built")
 def test_torch_compile_fullgraph():
     scores, tokens = make(2, 13, 3, 7)

@@ -1,8 +1,8 @@
 // CUDA kernels of reidkern::topk_token_aggregate_fwd / _bwd (CAL discriminative region mining).
 //
 // Forward: one block per (b, part p): the score column goes to shared memory, k rounds of block
-// arg-max pick the kept tokens (ties to the lowest index), then threads over the C channels sum
-// the kept token rows weighted by their scores. Backward, two kernels: (1) one block per (b, p):
+// arg-max pick the kept tokens (NaN first, ties to the lowest index), then threads over the C
+// channels sum the kept token rows weighted by their scores. Backward, two kernels: (1) one block per (b, p):
 // a_t = T[i_t] . g (one warp per kept token), Z, a_bar, and dS at the kept tokens (the rest of
 // the column zero); Z is stored for (2): one block per (b, token l) writes dT[b, l] =
 // sum over the parts p keeping l of (s_lp / Z_p) g_p, every row exactly once (no atomics).
@@ -22,6 +22,18 @@ struct Geom {
   int64_t Np, L, C, k;
   int64_t ss0, ss1, ss2, ts0, ts1;
 };
+
+// Whether score a at token ia ranks before score b at token ib: NaN above every number (as
+// torch.sort(descending=True) orders it, and the CPU kernel), then the larger, ties to the lower
+// index. The Python layer refuses NaN, but compiled graphs skip that data-dependent check, and a
+// plain a > b would leave a NaN column's order to the thread layout.
+template <typename T>
+__device__ __forceinline__ bool ranks_before(T a, int64_t ia, T b, int64_t ib) {
+  const bool na = a != a, nb = b != b;
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
 
 template <typename T>
 __global__ void fwd_kernel(Geom g, const T* __restrict__ scores, const T* __restrict__ tokens,
@@ -46,7 +58,7 @@ __global__ void fwd_kernel(Geom g, const T* __restrict__ scores, const T* __rest
     T bv = -std::numeric_limits<T>::infinity();
     int64_t bi = g.L;
     for (int64_t l = threadIdx.x; l < g.L; l += kThreads) {
-      if (!taken[l] && (bi == g.L || s[l] > bv)) {  // strided scan: first hit is the lowest index
+      if (!taken[l] && (bi == g.L || ranks_before(s[l], l, bv, bi))) {
         bv = s[l];
         bi = l;
       }
@@ -59,8 +71,7 @@ __global__ void fwd_kernel(Geom g, const T* __restrict__ scores, const T* __rest
         const T ov = best_v[threadIdx.x + off];
         const int64_t oi = best_i[threadIdx.x + off];
         const int64_t mi = best_i[threadIdx.x];
-        if (oi < g.L && (mi == g.L || ov > best_v[threadIdx.x] ||
-                         (ov == best_v[threadIdx.x] && oi < mi))) {
+        if (oi < g.L && (mi == g.L || ranks_before(ov, oi, best_v[threadIdx.x], mi))) {
           best_v[threadIdx.x] = ov;
           best_i[threadIdx.x] = oi;
         }

@@ -1,8 +1,8 @@
 """Triton kernels of topk_token_aggregate (CAL DRM): one program per (batch, part).
 
-Forward: k rounds of arg-max over the part's score column (ties to the lowest index), then the
-score-weighted mean of the kept token rows, channel tile by channel tile. Backward: per (batch,
-part), a_t = T[i_t] . g and dS = (a_t - a_bar) / Z at the kept tokens; dT rows receive
+Forward: k rounds of arg-max over the part's score column (NaN first, ties to the lowest index),
+then the score-weighted mean of the kept token rows, channel tile by channel tile. Backward: per
+(batch, part), a_t = T[i_t] . g and dS = (a_t - a_bar) / Z at the kept tokens; dT rows receive
 (s_t / Z) g by atomic adds (a token can be kept by several parts).
 Registered as ``reidkern::topk_token_aggregate_triton_fwd/_bwd`` (torch.library.triton_op).
 """
@@ -27,13 +27,18 @@ def _fwd_kernel(s_ptr, t_ptr, parts_ptr, idx_ptr, sel_ptr, Np, L, C, K,
     kept_idx = tl.zeros((BLOCK_K,), tl.int64)
     kept_w = tl.zeros((BLOCK_K,), s.dtype)
     for t in range(0, K):
-        cand = tl.where(taken, float("-inf"), s)
+        # NaN ranks above every number (torch.sort(descending=True)'s order, as the C++ and CUDA
+        # kernels): compiled graphs skip the Python NaN check, and s == max(s) never holds for a
+        # NaN, which would leave no hit and j = BLOCK_L, out of bounds.
+        nan = (~taken) & (s != s)
+        any_nan = tl.max(nan.to(tl.int32), axis=0) > 0
+        cand = tl.where(taken | nan, float("-inf"), s)
         mx = tl.max(cand, axis=0)
-        hit = (~taken) & (s == mx)
+        hit = tl.where(any_nan, nan, (~taken) & (s == mx))
         j = tl.min(tl.where(hit, offs_l, BLOCK_L), axis=0)
         taken = taken | (offs_l == j)
         kept_idx = tl.where(offs_k == t, j.to(tl.int64), kept_idx)
-        kept_w = tl.where(offs_k == t, mx, kept_w)
+        kept_w = tl.where(offs_k == t, tl.where(any_nan, float("nan"), mx), kept_w)
     in_k = offs_k < K
     kept_w = tl.where(in_k, kept_w, 0.0)
     z = tl.sum(kept_w, axis=0)
