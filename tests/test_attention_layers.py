@@ -8,6 +8,7 @@ import reidkern
 from reidkern.nn import (DictionaryCrossAttention, PartTemplateInit, PrototypeUnification,
                          TargetAwareAttention, TemplateCrossAttention, TopKTokenAggregation)
 from reidkern.nn.attention import reference as attn_ref
+from reidkern.nn.attention.folded_norm import folded_norm_attention
 from reidkern.testing import assert_close
 
 NATIVE = reidkern.build_info()["native"]
@@ -126,6 +127,56 @@ def test_folded_projections_equal_projected(backend, q_batch, c_batch):
         results.append([out, w] + grads)
     for a, b in zip(*results):
         assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("layout", ["channels_first", "tokens_first"])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_folded_norm_path_equals_projected(layout, qkv_bias, monkeypatch):
+    # Per-sample queries over per-sample tokens without padding (DPTI's part attention) take the
+    # CPU path with the context's LayerNorm folded in (nn/attention/folded_norm.py): the same
+    # function as the projected path, float64, values, weights and every gradient, whether the
+    # context is a transposed [B, C, L] map (answered in that layout) or contiguous [B, L, C].
+    from reidkern.nn.attention import cross
+    calls = []
+    monkeypatch.setattr(cross, "folded_norm_attention",
+                        lambda *a: calls.append(1) or folded_norm_attention(*a))
+    torch.manual_seed(9)
+    layer = TemplateCrossAttention(12, num_heads=3, head_dim=5, context_dim=20, shared_norm=False,
+                                   qkv_bias=qkv_bias, ffn_dim=10).double()
+    g = _g(10)
+    with torch.no_grad():  # a non-trivial affine norm
+        layer.context_norm.weight.copy_(torch.randn(20, generator=g, dtype=torch.float64))
+        layer.context_norm.bias.copy_(torch.randn(20, generator=g, dtype=torch.float64))
+    query = torch.randn(3, 4, 12, generator=g, dtype=torch.float64)
+    tokens = 2 + 3 * torch.randn(3, 20, 9, generator=g, dtype=torch.float64)  # [B, C, L], offset
+    results = []
+    for fold in (True, False):
+        layer.fold_projections = fold
+        q = query.clone().requires_grad_()
+        t = (tokens if layout == "channels_first" else tokens.transpose(1, 2).contiguous()).clone().requires_grad_()
+        out, w = layer(q, t.transpose(1, 2) if layout == "channels_first" else t, return_weights=True)
+        gg = _g(11)
+        loss = (out * torch.randn(out.shape, generator=gg, dtype=torch.float64)).sum() + (w * w).sum()
+        params = list(layer.parameters())
+        grads = torch.autograd.grad(loss, [q, t] + params, allow_unused=True)
+        grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip([q, t] + params, grads)]
+        results.append([out, w] + grads)
+    assert len(calls) == 1  # the folded call took the folded-norm path, the projected one did not
+    for a, b in zip(*results):
+        assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+def test_folded_norm_attention_gradcheck():
+    g = _g(12)
+    q = torch.randn(2, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    for x in (torch.randn(2, 7, 4, generator=g, dtype=torch.float64).transpose(1, 2),
+              torch.randn(2, 4, 7, generator=g, dtype=torch.float64)):
+        x = x.detach().requires_grad_()
+        assert torch.autograd.gradcheck(lambda q, x: folded_norm_attention(q, x, 1e-5, 0.7), (q, x))
+    with pytest.raises(RuntimeError):  # the backward is once-differentiable, never silently wrong
+        u, _ = folded_norm_attention(q, x, 1e-5, 0.7)
+        (gq,) = torch.autograd.grad(u.square().sum(), q, create_graph=True)
+        gq.sum().backward()
 
 
 def _standard_cases():

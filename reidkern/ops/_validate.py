@@ -99,6 +99,16 @@ def check_same_device(pairs) -> None:
             raise ValueError(f"{name} is on {t.device} but {n0} is on {t0.device}; expected one device")
 
 
+def _dense_order(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its dimensions in memory order when that makes it contiguous (e.g. a transposed
+    view): reductions over all elements read it sequentially (aminmax over a transposed 67 MB
+    view measured 20x slower than over the same memory in order, on a 2-core EPYC)."""
+    if t.is_contiguous() or t.dim() < 2:
+        return t
+    p = t.permute(sorted(range(t.dim()), key=lambda i: (-t.stride(i), -t.shape[i])))
+    return p if p.is_contiguous() else t
+
+
 def abs_max(t: torch.Tensor) -> torch.Tensor:
     """max |t| of a non-empty tensor as a 0-d float64 tensor on t's device (NaN if t holds NaN).
 
@@ -109,7 +119,7 @@ def abs_max(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
     if not t.is_floating_point():
         return t.abs().max().double()
-    lo, hi = torch.aminmax(t)
+    lo, hi = torch.aminmax(_dense_order(t))
     return torch.maximum(-lo, hi).double()
 
 
@@ -136,8 +146,13 @@ def finite_magnitudes(named):
     if torch.compiler.is_compiling() or any(t.device.type == "meta" for _, t in named):
         return []
     with torch.no_grad():
-        vals = [abs_max(t) if t.numel() else
-                torch.zeros((), dtype=torch.float64, device=t.device) for _, t in named]
+        # one read of each distinct tensor (an attention's keys and values are often the same)
+        seen, vals = {}, []
+        for _, t in named:
+            key = (t.data_ptr(), t.shape, t.stride(), t.dtype)
+            if key not in seen:
+                seen[key] = abs_max(t) if t.numel() else torch.zeros((), dtype=torch.float64, device=t.device)
+            vals.append(seen[key])
         mags = torch.stack(vals).tolist()
     for (name, t), m in zip(named, mags):
         if not math.isfinite(m):

@@ -6,6 +6,8 @@ from torch import nn
 from reidkern.ops import _validate as V
 from reidkern.ops.template_attention import template_attention
 
+from .folded_norm import folded_norm_attention
+
 
 class TemplateCrossAttention(nn.Module):
     """Pre-LN multi-head cross-attention with a residual on the query, then a ReLU FFN.
@@ -116,6 +118,36 @@ class TemplateCrossAttention(nn.Module):
             weights = weights.reshape(B, H, Nq, weights.shape[-1])
         return out, weights
 
+    def _attend_folded_norm(self, q, x, norm, return_weights):
+        """The folded attention (``_attend_folded``) with the context's LayerNorm folded in too, as
+        batched GEMMs over the raw tokens x [B, L, c]; for per-sample queries and tokens without
+        padding (DPTI's part attention over the final ResNet map).
+
+        With ``n_j = (x_j − μ_j) / σ_j`` and ``LN(x_j) = w ⊙ n_j + b``, a folded query f (row of
+        W_kᵀq) has ``f · LN(x_j) = ((f ⊙ w) · x_j − μ_j Σ(f ⊙ w)) / σ_j + f · b``, the last term the
+        same for every key (it cancels in the softmax); and
+        ``Σ_j p_j LN(x_j) = w ⊙ (Σ_j (p_j / σ_j) x_j − Σ_j p_j μ_j / σ_j) + b``. So neither the
+        normalised [B, L, c] tokens nor a contiguous copy of a transposed map is built: the two
+        GEMMs read x in the layout it has (``final.flatten(2).transpose(1, 2)`` is a view), and only
+        the per-token statistics μ, σ [B, L] are new. Exact up to float rounding order.
+        """
+        H, hd = self.num_heads, self.head_dim
+        B, Nq, cdim = q.shape[0], q.shape[1], x.shape[-1]
+        w_k = self.to_k.weight.view(H, hd, cdim)
+        w_v = self.to_v.weight.view(H, hd, cdim)
+        if norm.weight is not None:  # the norm's weight on the [H, hd, c] weights, not on [B, ...]
+            w_k, w_v = w_k * norm.weight, w_v * norm.weight
+        g = torch.einsum("bnhd,hdc->bhnc", q.view(B, Nq, H, hd), w_k).reshape(B, H * Nq, cdim)
+        scale = self.scale if self.scale is not None else hd ** -0.5
+        u, p = folded_norm_attention(g, x, norm.eps, scale)  # Σ_j p_j n_j [B, H·Nq, c], p [B, H·Nq, L]
+        out = torch.einsum("bhnc,hdc->bhnd", u.view(B, H, Nq, cdim), w_v)  # [B, H, Nq, hd]
+        if norm.bias is not None:  # W_v b: Σ_j p_j = 1
+            out = out + (self.to_v.weight @ norm.bias).view(1, H, 1, hd)
+        if self.to_v.bias is not None:
+            out = out + self.to_v.bias.view(1, H, 1, hd)
+        weights = p.view(B, H, Nq, x.shape[1]) if return_weights else None
+        return out, weights
+
     def _heads(self, x):  # [N, L, inner] -> [N, H, L, hd] view (unit stride on hd)
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
@@ -138,10 +170,17 @@ class TemplateCrossAttention(nn.Module):
                              + " do not match (each must be B or 1)")
         cnorm = self.norm if self.context_norm is None else self.context_norm
         q = self.to_q(self.norm(q_in))  # [Bq, Nq, inner]
-        c = cnorm(c_in)
-        if self._fold(q_in.shape[0], c_in.shape[0], B, q_in.shape[1], c_in.shape[1], c.device):
-            out, weights = self._attend_folded(q, c, B, key_padding_mask, return_weights)
+        fold = self._fold(q_in.shape[0], c_in.shape[0], B, q_in.shape[1], c_in.shape[1], c_in.device)
+        if (fold and c_in.device.type == "cpu" and key_padding_mask is None
+                and q_in.shape[0] == c_in.shape[0] == B and c_in.shape[1] > 0
+                and self.backend != "reference"):
+            # per-sample queries and tokens (DPTI's part attention): batched GEMMs with the norm
+            # folded in (the fused op runs one small GEMM per (sample, head) on the CPU)
+            out, weights = self._attend_folded_norm(q, c_in, cnorm, return_weights)
+        elif fold:
+            out, weights = self._attend_folded(q, cnorm(c_in), B, key_padding_mask, return_weights)
         else:
+            c = cnorm(c_in)
             # a context shared by the batch (dictionary) stays batch 1: the op broadcasts it
             k, v = self._heads(self.to_k(c)), self._heads(self.to_v(c))
             out, weights, _ = template_attention(self._heads(q), k, v, key_padding_mask,
