@@ -41,8 +41,9 @@ class LATransformer(nn.Module):
 
     Args:
         num_classes: training identities (>= 2).
-        img_size: input (H, W) or an int (official: 224). The patch grid must match the position
-            embedding: an image of another size raises ValueError naming ``img_size``.
+        img_size: input (H, W) or an int (official: 224), a multiple of ``patch_size`` (the parts are
+            whole patch rows). The patch grid must match the position embedding: an image of
+            another size raises ValueError naming ``img_size``.
         patch_size, embed_dim, depth, num_heads: the ViT (official ViT-B/16: 16, 768, 12, 12);
             smaller values make small test models.
         lmbd: λ of the globally enhanced local tokens (official 8).
@@ -67,8 +68,8 @@ class LATransformer(nn.Module):
         eval mode → test features [B, P·embed_dim] (per-part L2 norm × 1/√P).
 
     Raises:
-        ValueError: bad arguments (num_classes < 2, non-positive sizes, y_pooling on a non-square
-            grid), an image of the wrong size or shape, pids of the wrong shape.
+        ValueError: bad arguments (num_classes < 2, non-positive sizes, img_size not a multiple of
+            patch_size, y_pooling on a non-square grid), an image of the wrong size or shape, pids of the wrong shape.
     """
 
     def __init__(self, num_classes: int, img_size=224, patch_size: int = 16, embed_dim: int = 768,
@@ -85,7 +86,12 @@ class LATransformer(nn.Module):
         self.flip_test, self.test_gelt = bool(flip_test), bool(test_gelt)
         self.am_margin = check_float(am_margin, "am_margin")
         self.backend = backend
-        self.backbone = VisionTransformer(img_size=self.img_size, patch_size=check_int(patch_size, "patch_size", 1),
+        patch_size = check_int(patch_size, "patch_size", 1)
+        if any(s % patch_size for s in self.img_size):
+            # the patch rows are the parts: a remainder would be cut off silently by the stride
+            raise ValueError(f"img_size: {self.img_size} is not a multiple of patch_size {patch_size} "
+                             "(LA-Transformer's parts are whole rows of non-overlapping patches)")
+        self.backbone = VisionTransformer(img_size=self.img_size, patch_size=patch_size,
                                           stride_size=patch_size, embed_dim=check_int(embed_dim, "embed_dim", 1),
                                           depth=check_int(depth, "depth", 1), num_heads=num_heads,
                                           drop_path_rate=drop_path_rate)
