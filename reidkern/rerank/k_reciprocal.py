@@ -261,7 +261,11 @@ def k_reciprocal(qf, gf, k1=20, k2=6, lambda_value=0.3, *, backend=None, progres
         progress = N >= _PROGRESS_MIN_N
     k = min(k1 + 2, N)
     cols = (0 if rank == 0 else g0, g1)
-    d, idx, row_max = _knn_features(X, k, cols, choice, progress)
+    if choice == "cpp" and cols == (0, N):
+        # all samples against all samples: the self search computes each pair's product once
+        d, idx, row_max = knn(X, X, k, backend=choice, validate=False)
+    else:
+        d, idx, row_max = _knn_features(X, k, cols, choice, progress)
     if distributed:
         ds = all_gather_rows(d.to(device), group)
         ids = all_gather_rows(idx.to(device), group)
