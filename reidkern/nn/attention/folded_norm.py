@@ -37,19 +37,20 @@ class _FoldedNormAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, x, eps, scale):
         mu, rstd = _token_stats(x, eps)  # [B, L]
-        xt = x.transpose(1, 2)  # [B, C, L]
-        tc = (torch.bmm(g, xt) - g.sum(-1, keepdim=True) * mu.unsqueeze(1)) * scale  # σ·S
+        gs = g.sum(-1, keepdim=True)  # [B, M, 1]
+        tc = torch.baddbmm(gs * mu.unsqueeze(1), g, x.transpose(1, 2), beta=-1) * scale  # σ·S
         p = torch.softmax(tc * rstd.unsqueeze(1), dim=-1)  # [B, M, L]
         r = p * rstd.unsqueeze(1)
-        u = torch.bmm(r, x) - (r * mu.unsqueeze(1)).sum(-1, keepdim=True)  # [B, M, C]
-        ctx.save_for_backward(g, x, mu, rstd, tc, p)
+        # the rank-one mean term as baddbmm's input: no separate pass over the [B, M, C] result
+        u = torch.baddbmm(-(r * mu.unsqueeze(1)).sum(-1, keepdim=True), r, x)  # [B, M, C]
+        ctx.save_for_backward(g, gs, x, mu, rstd, tc, p)
         ctx.scale = scale
         return u, p
 
     @staticmethod
     @once_differentiable  # μ, σ and P are saved as constants: no double backward
     def backward(ctx, grad_u, grad_p):
-        g, x, mu, rstd, tc, p = ctx.saved_tensors
+        g, gs, x, mu, rstd, tc, p = ctx.saved_tensors
         C = x.shape[-1]
         mu1, rstd1 = mu.unsqueeze(1), rstd.unsqueeze(1)  # [B, 1, L]
         if grad_u is None:
@@ -62,9 +63,9 @@ class _FoldedNormAttention(torch.autograd.Function):
         d_s = p * (d_p - (p * d_p).sum(-1, keepdim=True))
         d_t = d_s * rstd1 * ctx.scale  # gradient of g_i · x_j
         r = p * rstd1
-        grad_g = torch.bmm(d_t, x) - (d_t * mu1).sum(-1, keepdim=True)
+        grad_g = torch.baddbmm(-(d_t * mu1).sum(-1, keepdim=True), d_t, x)
         # μ and σ: S and U depend on them; dσ⁻¹/dx_jc = −σ_j⁻³ (x_jc − μ_j) / C
-        d_mu = -(d_t * g.sum(-1, keepdim=True)).sum(1) - (r * du_sum).sum(1)  # [B, L]
+        d_mu = -(d_t * gs).sum(1) - (r * du_sum).sum(1)  # [B, L]
         d_rstd = (d_s * tc).sum(1) + (d_r * p).sum(1)
         b = -d_rstd * rstd.pow(3) / C
         a = d_mu / C - b * mu
