@@ -47,6 +47,15 @@ def records(tmp_path_factory):
     return recs
 
 
+def _indices(records):
+    """The P×K sampler's index order of each epoch."""
+    def indices(epoch):
+        s = RandomIdentitySampler(records, BATCH, K, seed=0)
+        s.set_epoch(epoch)
+        return list(s)
+    return indices
+
+
 def _trainer(records, loader_workers):
     recipe = get_recipe("baseline", batch_size=BATCH, height=HW[0], width=HW[1], val_ids=0)
     num_ids = len({r.pid for r in records})
@@ -54,12 +63,7 @@ def _trainer(records, loader_workers):
     model = recipe.build_model(num_ids)
     data = ImageDataset(records, build_transforms(*HW, train=True))
 
-    def indices(epoch):
-        s = RandomIdentitySampler(records, BATCH, K, seed=0)
-        s.set_epoch(epoch)
-        return list(s)
-
-    loader = TrainLoader(data, indices, BATCH, num_workers=loader_workers, rank=0, world_size=1)
+    loader = TrainLoader(data, _indices(records), BATCH, num_workers=loader_workers, rank=0, world_size=1)
     return Trainer(recipe, model, loader, total_steps=10_000, device="cpu", progress=False), data
 
 
@@ -68,11 +72,16 @@ def test_engine_overhead(benchmark, records, provider):
     size = f"resnet50_bnneck_b{BATCH}_{HW[0]}x{HW[1]}"
     if provider == "model_step":
         tr, data = _trainer(records, 0)
-        batch = torch.utils.data.default_collate([data[i] for i in range(BATCH)])
-        tr.train_step(batch)  # warm-up
+        # The loop's own first P×K batches, decoded and collated beforehand: the same identities
+        # per batch as the loop trains on (one batch of a single identity would give the triplet
+        # loss no negatives and the comparison a different workload).
+        order = _indices(records)(0)
+        batches = [torch.utils.data.default_collate([data[i] for i in order[j * BATCH:(j + 1) * BATCH]])
+                   for j in range(STEPS)]
+        tr.train_step(batches[0])  # warm-up
 
         def fn():
-            for _ in range(STEPS):
+            for batch in batches:
                 tr.train_step(batch)
     else:
         tr, _ = _trainer(records, 2)
