@@ -387,3 +387,32 @@ def test_train_chooses_rerank_params_on_validation(tmp_path):
     rr = score_features(recipe, *feats, rerank=True,
                         rerank_params=(after["k1"], after["k2"], after["lambda_value"]))
     assert rr["mAP"] == pytest.approx(res["after"]["rr_mAP"], abs=1e-6)
+
+
+def test_precise_bn_is_the_plain_average_over_training_batches():
+    """recipe.precise_bn / run.precise_bn: every BatchNorm's running statistics become the plain
+    average of the first N training batches' statistics (what the train-mode network computes),
+    the momenta and the mode restored; 0 leaves them; a bad count names the field."""
+    from reidkern.engine.run import precise_bn
+
+    torch.manual_seed(0)
+    data = ToyData()
+    loader = TrainLoader(data, perm_indices(len(data)), 12, rank=0, world_size=1)
+    model = nn.Sequential(nn.Conv2d(3, 5, 1), nn.BatchNorm2d(5, momentum=0.3)).eval()
+    bn = model[1]
+    precise_bn(model, loader, 0, "cpu")
+    assert torch.equal(bn.running_mean, torch.zeros(5)) and torch.equal(bn.running_var, torch.ones(5))
+    precise_bn(model, loader, 3, "cpu")
+    assert not model.training and bn.momentum == 0.3
+    means, vars_ = [], []
+    with torch.no_grad():
+        for i, batch in enumerate(loader.epoch(0)):
+            if i == 3:
+                break
+            y = model[0](batch["img"])
+            means.append(y.mean(dim=(0, 2, 3)))
+            vars_.append(y.var(dim=(0, 2, 3), unbiased=True))
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack(vars_).mean(0))
+    with pytest.raises(ValueError, match="precise_bn"):
+        precise_bn(model, loader, -1, "cpu")

@@ -26,6 +26,9 @@ def main(argv=None):
     ap.add_argument("--constant-lr", action="store_true",
                     help="no warm-up and no lr steps (a recipe's schedule stretched onto a few steps "
                          "would decay before the run has started learning)")
+    ap.add_argument("--precise-bn", type=int, default=None, metavar="N",
+                    help="re-estimate BatchNorm statistics over N training batches before each test "
+                         "evaluation (recipe.precise_bn)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -41,7 +44,7 @@ def main(argv=None):
     if root is None:
         raise SystemExit("con-reid not found: pass --data")
     over = {k: v for k, v in (("height", args.height), ("width", args.width), ("batch_size", args.batch_size),
-                              ("lr", args.lr)) if v is not None}
+                              ("lr", args.lr), ("precise_bn", args.precise_bn)) if v is not None}
     if args.constant_lr:
         over.update(warmup_epochs=0, milestones=())
     base = get_recipe(args.model)

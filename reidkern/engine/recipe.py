@@ -87,6 +87,13 @@ class Recipe:
             and ~1.3x faster training step for OSNet on a 2-core AVX CPU).
         onnx_eval: on CPU, extract test features with onnxruntime running the exported inference
             path (checked equal to PyTorch first; ~10x faster than eager OSNet here).
+        precise_bn: before each test-split evaluation of ``reidkern.engine.run.train`` (the
+            model before training and the tested checkpoint), re-estimate every BatchNorm's
+            running statistics as the plain average over this many training batches (fast-reid's
+            PreciseBN; ``torch.optim.swa_utils.update_bn``). 0 (default) = off: the running
+            averages of training are used. A randomly initialised model's running statistics are
+            still their initial 0 / 1, so without it the "before" score is that of another
+            network (every BatchNorm an identity) than the one training changes.
     """
 
     name: str
@@ -127,6 +134,7 @@ class Recipe:
     seed: int = 0
     channels_last: bool = False
     onnx_eval: bool = False
+    precise_bn: int = 0
 
 
 _RECIPES: Dict[str, Callable[[], Recipe]] = {}

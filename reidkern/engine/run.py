@@ -26,7 +26,7 @@ import torch
 
 from .evaluate import choose_rerank_params, evaluate_model
 from .loader import TrainLoader
-from .trainer import Trainer, _distributed
+from .trainer import Trainer, _distributed, unwrap
 
 __all__ = ["train", "test", "load_dataset", "build_model_for", "check_out_dir"]
 
@@ -203,6 +203,7 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
         return params
 
     if eval_before and rank == 0 and trainer.step == 0:
+        precise_bn(model, loader, recipe.precise_bn, dev)
         out["before"] = evaluate_model(model, recipe, dataset.query, dataset.gallery, device=dev, amp=amp,
                                        num_workers=num_workers, progress=progress, both=True,
                                        rerank_params=rerank_params("before"))
@@ -217,6 +218,7 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
             model_state_from_checkpoint(trainer.model, load_checkpoint(best, recipe.name), best)
             log(f"test: best validation checkpoint (step {trainer.best['step']}, "
                 f"val mAP {100 * trainer.best['value']:.1f})")
+        precise_bn(trainer.model, loader, recipe.precise_bn, dev)
         out["after"], qf, gf = evaluate_model(trainer.model, recipe, dataset.query, dataset.gallery,
                                               device=dev, amp=amp, num_workers=num_workers,
                                               progress=progress, both=True, return_features=True,
@@ -230,6 +232,27 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
     if rank == 0:
         _write_json({k: v for k, v in out.items() if k != "out_dir"}, os.path.join(out_dir, "results.json"))
     return out
+
+
+def precise_bn(model: torch.nn.Module, loader: TrainLoader, num_batches: int, device) -> None:
+    """Re-estimate the BatchNorm running statistics of ``model`` as the plain average over the
+    first ``num_batches`` batches of ``loader``'s first epoch (``recipe.precise_bn``; fast-reid's
+    PreciseBN, through ``torch.optim.swa_utils.update_bn``: train-mode forwards without gradient,
+    the momenta and the mode restored). Does nothing for ``num_batches`` = 0 or a model without
+    BatchNorm. Raises ValueError for a negative or non-int ``num_batches``."""
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 0:
+        raise ValueError(f"precise_bn: expected an int >= 0 (training batches), got {num_batches!r}")
+    if num_batches == 0:
+        return
+    from torch.optim.swa_utils import update_bn
+
+    def images():
+        for i, batch in enumerate(loader.epoch(0)):
+            if i >= num_batches:
+                return
+            yield batch["img"].to(device)
+
+    update_bn(images(), unwrap(model))
 
 
 def format_scores(s: Dict[str, float]) -> str:
