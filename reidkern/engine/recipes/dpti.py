@@ -3,7 +3,10 @@ standard ResNet-50 ReID recipe (Luo et al., "Bag of Tricks", 2019), marked *unve
 docs/models/dpti.md: Adam 3.5e-4, weight decay 5e-4, 120 epochs, linear warm-up over 10 epochs from
 ×0.01, ×0.1 at epochs 40 and 70; P×K = 16 × 4 at 256×128 with flip, pad-crop and random erasing;
 loss α·CE + β·triplet + γ·diversity (:meth:`reidkern.models.DPTI.loss`); cosine distance on the
-(N+1)·d descriptor at test time, no flip averaging (the paper does not use it).
+(N+1)·d descriptor at test time, no flip averaging (the paper does not use it). Before each test
+evaluation the BatchNorm statistics are re-estimated over 16 training batches (``precise_bn=16``,
+reidkern's choice: a randomly initialised model's running statistics are still 0 / 1, which scored
+another network than the one trained; see docs/models/dpti.md).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def dpti_recipe(**kw) -> Recipe:
                extract=dpti_extract, height=256, width=128, num_instances=4, batch_size=64,
                optimizer="adam", lr=3.5e-4, weight_decay=5e-4, epochs=120, scheduler="step",
                milestones=(40, 70), gamma=0.1, warmup_epochs=10, warmup_factor=0.01, metric="cosine",
-               label_smoothing=0.0, flip_test=False)
+               label_smoothing=0.0, flip_test=False, precise_bn=16)
     for k, v in kw.items():
         setattr(r, k, v)
     return r
