@@ -1,8 +1,7 @@
-"""Descriptor variants of the same DPTI weights (init and after 40 steps, BN statistics re-estimated
+"""usage: desc_variants.py OUT (after dpti_bn_diag.py OUT 40). Descriptor variants of the same DPTI weights (init and after 40 steps, BN statistics re-estimated
 on 16x64 training images): one forward over the test split, several descriptors scored."""
 import copy, json, os, sys, time
 import torch, torch.nn.functional as F
-sys.path.insert(0, "/tmp/dpti/diag")
 from reidkern.data import build_dataset, build_transforms, ImageDataset
 from reidkern.data.paths import shared_data_dir
 from reidkern.engine import get_recipe
@@ -12,7 +11,8 @@ from reidkern.metrics.protocols import evaluate_image_reid
 torch.set_num_threads(1)
 ds = build_dataset("con-reid", shared_data_dir("con-reid"))
 recipe = get_recipe("dpti", val_ids=0, height=64, width=32, batch_size=64, warmup_epochs=0, milestones=())
-T = torch.load("/tmp/dpti/diag/test_64x32.pt")
+OUT = sys.argv[1]  # the folder of dpti_bn_diag.py: its test_64x32.pt and last.pt
+T = torch.load(os.path.join(OUT, "test_64x32.pt"))
 if os.environ.get("DIAG_SMOKE"):
     T = {k: tuple(t[:60] for t in v) for k, v in T.items()}
 
@@ -51,7 +51,7 @@ def variants(parts, rho, glob):
             "normalised [sqrt(N rho_i) f_i/|f_i|, g/|g|]": torch.cat([(pn * w.sqrt()).flatten(1), gn], 1)}
 
 res = {}
-for tag, ck in (("init", None), ("40 steps", "/tmp/dpti/diag/base/last.pt")):
+for tag, ck in (("init", None), ("40 steps", os.path.join(OUT, "last.pt"))):
     m = build_model_for(recipe, 71)
     if ck:
         model_state_from_checkpoint(m, load_checkpoint(ck, "dpti"), ck)
@@ -63,4 +63,4 @@ for tag, ck in (("init", None), ("40 steps", "/tmp/dpti/diag/base/last.pt")):
         r = evaluate_image_reid(qf, gf, T["q"][1], T["g"][1], T["q"][2], T["g"][2], metric="cosine", max_rank=10, missing="skip" if os.environ.get("DIAG_SMOKE") else "raise")
         res[f"{tag}: {name}"] = {"R1": round(100 * r.rank(1), 1), "mAP": round(100 * float(r.mAP), 1), "mINP": round(100 * float(r.mINP), 1)}
         print(f"{tag}: {name:45s} {res[f'{tag}: {name}']}", flush=True)
-json.dump(res, open("/tmp/dpti/diag/desc_variants.json", "w"), indent=1)
+json.dump(res, open(os.path.join(OUT, "desc_variants.json"), "w"), indent=1)

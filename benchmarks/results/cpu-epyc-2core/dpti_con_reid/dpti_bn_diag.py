@@ -24,7 +24,8 @@ over = dict(height=64, width=32, batch_size=64, warmup_epochs=0, milestones=())
 over.update(recipe_over)
 recipe = get_recipe("dpti", val_ids=0, model_kwargs=extra, **over)
 H, W = recipe.height, recipe.width
-cache = f"/tmp/dpti/diag/test_{H}x{W}.pt"
+os.makedirs(out_dir, exist_ok=True)
+cache = os.path.join(out_dir, f"test_{H}x{W}.pt")  # the test split decoded once
 if not os.path.exists(cache):
     tf = build_transforms(H, W, train=False)
     def load(recs):
