@@ -75,3 +75,27 @@ def test_blockwise_unfreezing_arguments_and_shuffle_sampler():
     a = list(sampler)
     sampler.set_epoch(0)
     assert list(sampler) == a and sorted(a) == list(range(10)) and list(sampler) != a
+
+
+@pytest.mark.parametrize("name,kwargs,size", [
+    ("dpti", dict(num_parts=2, dim=8, mid_stage="layer1", final_stage="layer2", part_heads=2), (32, 16)),
+    ("la_transformer_improved", dict(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2), (32, 32)),
+])
+def test_engine_export_of_the_recipes_inference_path(name, kwargs, size, tmp_path):
+    # what `reidkern export dpti|la_transformer...` and recipe.onnx_eval run: the fused ops have no
+    # ONNX form, so their layers export the eager path; onnxruntime checked against the model
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from reidkern.engine.export import export_onnx
+
+    torch.manual_seed(0)
+    recipe = get_recipe(name, height=size[0], width=size[1])
+    model = recipe.build_model(5, **{**recipe.model_kwargs, **kwargs})
+    check = export_onnx(model, recipe, str(tmp_path / "m.onnx"), batch=3)
+    assert check["max_abs_diff"] <= 1e-4 * max(check["max_abs"], 1.0)
+    x = torch.randn(2, 3, *size)
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), recipe.extract(model.eval(), {"img": x}),
+                                   rtol=1e-4, atol=1e-5)

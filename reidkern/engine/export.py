@@ -47,9 +47,13 @@ def export_onnx(model: nn.Module, recipe, path: str, *, batch: int = 2, opset: i
     x = torch.randn(batch, 3, recipe.height, recipe.width, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ref = net(x).float().numpy()
+    from reidkern.models._common import backend_override
+
     with atomic_path(path) as tmp:
         import warnings
-        with warnings.catch_warnings():  # shape checks in forward() are constants for the trace
+        # the fused reidkern ops have no ONNX form: their layers export their eager PyTorch path
+        # (the same function; the check below compares it with the model as it runs)
+        with backend_override(model, "reference"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(net, (x,), str(tmp), input_names=["images"], output_names=["features"],
                               dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
