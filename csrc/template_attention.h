@@ -31,4 +31,29 @@ inline void check_template_attention_inputs(const Tensor& q, const Tensor& k, co
   }
 }
 
+// The backward's extra arguments, for q, k, v already checked above (B, H, L, D from k; Nq from
+// q): grad_out contiguous [B, H, Nq, D], lse contiguous [B, H, Nq], the optional grad_weights
+// contiguous [B, H, Nq, L] and grad_mean_logit contiguous [B, H, Nq], all of q's dtype.
+inline void check_template_attention_grads(const Tensor& grad_out,
+                                           const std::optional<Tensor>& grad_weights,
+                                           const std::optional<Tensor>& grad_mean,
+                                           const Tensor& q, const Tensor& k, const Tensor& lse) {
+  const auto st = q.scalar_type();
+  const int64_t B = k.size(0), H = k.size(1), L = k.size(2), D = k.size(3), Nq = q.size(2);
+  STD_TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == st && grad_out.dim() == 4 &&
+                      grad_out.size(0) == B && grad_out.size(1) == H && grad_out.size(2) == Nq &&
+                      grad_out.size(3) == D,
+                  "grad_out must be a contiguous [B, H, Nq, D] tensor of q's dtype");
+  STD_TORCH_CHECK(lse.is_contiguous() && lse.scalar_type() == st && lse.numel() == B * H * Nq,
+                  "lse must be a contiguous [B, H, Nq] tensor");
+  if (grad_weights.has_value())
+    STD_TORCH_CHECK(grad_weights->is_contiguous() && grad_weights->scalar_type() == st &&
+                        grad_weights->numel() == B * H * Nq * L,
+                    "grad_weights must be a contiguous [B, H, Nq, L] tensor");
+  if (grad_mean.has_value())
+    STD_TORCH_CHECK(grad_mean->is_contiguous() && grad_mean->scalar_type() == st &&
+                        grad_mean->numel() == B * H * Nq,
+                    "grad_mean_logit must be a contiguous [B, H, Nq] tensor");
+}
+
 }  // namespace reidkern

@@ -217,6 +217,26 @@ def test_kernel_entry_checks_v_and_mask(device, backend, what):
         torch.ops.reidkern.template_attention_fwd(q, k, v, mask, 0.3, False)
 
 
+@pytest.mark.parametrize("device,backend", COMPILED)
+@pytest.mark.parametrize("what", ["grad_out", "lse", "grad_weights", "grad_mean"])
+def test_backward_entry_checks_its_gradients(device, backend, what):
+    # The backward's own arguments, checked by both kernels (check_template_attention_grads).
+    q, k, v = make(2, 2, 3, 9, 8, device=device)
+    out, lse, mean, w = torch.ops.reidkern.template_attention_fwd(q, k, v, None, 0.3, True)
+    go, gw, gm = torch.randn_like(out), torch.randn_like(w), torch.randn_like(mean)
+    if what == "grad_out":
+        go = go[..., :5].contiguous()
+    elif what == "lse":
+        lse = lse[:, :1].contiguous()
+    elif what == "grad_weights":
+        gw = gw[..., :5].contiguous()
+    else:
+        gm = gm.double()
+    with pytest.raises(RuntimeError, match=f"{what.replace('grad_mean', 'grad_mean_logit')} must"):
+        torch.ops.reidkern.template_attention_bwd(go, gw, gm, q.detach(), k.detach(), v.detach(),
+                                                  None, lse.detach(), 0.3)
+
+
 @pytest.mark.parametrize("device,backend", device_backend_cases(("triton",)))
 def test_opcheck_triton(device, backend):
     from reidkern.ops.template_attention import _triton

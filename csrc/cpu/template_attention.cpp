@@ -104,19 +104,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cpu(
   const AttnGeom g = check_geometry(q, k, v, mask);
   const auto st = q.scalar_type();
   const auto dev = q.device();
-  STD_TORCH_CHECK(grad_out.is_contiguous() && grad_out.scalar_type() == st && grad_out.dim() == 4 &&
-                      grad_out.size(0) == g.B && grad_out.size(2) == g.Nq,
-                  "grad_out must be a contiguous [B, H, Nq, D] tensor of q's dtype");
-  STD_TORCH_CHECK(lse.is_contiguous() && lse.scalar_type() == st && lse.numel() == g.B * g.H * g.Nq,
-                  "lse must be a contiguous [B, H, Nq] tensor");
-  if (grad_weights.has_value())
-    STD_TORCH_CHECK(grad_weights->is_contiguous() && grad_weights->scalar_type() == st &&
-                        grad_weights->numel() == g.B * g.H * g.Nq * g.L,
-                    "grad_weights must be a contiguous [B, H, Nq, L] tensor");
-  if (grad_mean.has_value())
-    STD_TORCH_CHECK(grad_mean->is_contiguous() && grad_mean->scalar_type() == st &&
-                        grad_mean->numel() == g.B * g.H * g.Nq,
-                    "grad_mean_logit must be a contiguous [B, H, Nq] tensor");
+  check_template_attention_grads(grad_out, grad_weights, grad_mean, q, k, lse);
   // dq per (b, h); the caller sums over b when q was broadcast. dk, dv keep k's and v's layout.
   auto dq = torch::stable::empty({g.B, g.H, g.Nq, g.D}, st, std::nullopt, dev);
   auto dk = torch::stable::empty_like(k);

@@ -271,7 +271,7 @@ std::tuple<Tensor, Tensor, Tensor> template_attention_bwd_cuda(
     const std::optional<Tensor>& mask, const Tensor& lse, double scale) {
   const Geom g = make_geom(q, k, v, mask);
   const int64_t B = k.size(0);
-  STD_TORCH_CHECK(grad_out.is_contiguous() && lse.is_contiguous(), "grad_out and lse must be contiguous");
+  check_template_attention_grads(grad_out, grad_weights, grad_mean, q, k, lse);
   const torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
   const auto st = q.scalar_type();
   const auto dev = q.device();
