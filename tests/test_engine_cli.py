@@ -1,5 +1,6 @@
 """The engine's CLI and recipes: train / test / extract / show-ranks / export on real crops, and
 clear one-line errors (exit code 2) for bad input, with nothing half-written."""
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -29,7 +30,13 @@ def run(capsys, *argv):
 
 def test_recipes_registered():
     names = recipe_names()
-    assert {"baseline", "resnet50_bnneck", "osnet"} <= set(names)
+    assert {"baseline", "resnet50_bnneck", "osnet", "osnet_full"} <= set(names)
+    full, frozen = get_recipe("osnet_full"), get_recipe("osnet")
+    assert full.hooks == [] and callable(frozen.hooks) and full.name == "osnet_full"
+    def plain(r):  # fields other than name/hooks, callables by what they are
+        return {f.name: repr(getattr(r, f.name)).split(" at 0x")[0] for f in dataclasses.fields(r)
+                if f.name not in ("name", "hooks")}
+    assert plain(full) == plain(frozen)
     r = get_recipe("baseline")
     assert (r.lr, r.batch_size, r.num_instances, r.milestones, r.warmup_epochs) == (3.5e-4, 64, 4, (40, 70), 10)
 
