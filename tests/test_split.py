@@ -35,3 +35,20 @@ def test_carve_validation_bad_arguments():
         carve_validation(_recs([2, 2]), 0)
     with pytest.raises(ValueError, match="num_val_pids: 2 is not fewer than the 2"):
         carve_validation(_recs([2, 2]), 2)
+
+
+def test_carve_validation_keeps_a_gallery_image_of_every_id():
+    """Ids with exactly one image per camera give one image to the gallery (all-query ids made
+    the validation evaluation fail: query identities absent from the gallery)."""
+    from reidkern.metrics.protocols import evaluate_image_reid
+    import torch
+    recs = [Record(f"{p}_{i}", p, i) for p in range(6) for i in range(3)]  # 3 images, 3 cameras
+    for seed in range(4):
+        _, q, g = carve_validation(recs, 3, seed=seed)
+        for pid in {r.pid for r in q}:
+            assert sum(r.pid == pid for r in q) == 2 and sum(r.pid == pid for r in g) == 1
+        feats = torch.randn(len(q) + len(g), 8)
+        res = evaluate_image_reid(feats[:len(q)], feats[len(q):], torch.tensor([r.pid for r in q]),
+                                  torch.tensor([r.pid for r in g]), torch.tensor([r.camid for r in q]),
+                                  torch.tensor([r.camid for r in g]), metric="cosine")
+        assert 0 <= float(res.mAP) <= 1

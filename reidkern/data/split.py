@@ -32,8 +32,10 @@ def carve_validation(train_records: Sequence[Record], num_val_pids: int, seed: i
         seed: seed of the identity draw and of the query choice.
 
     Returns:
-        ``train`` (pids relabelled 0..N−1), ``val_query``, ``val_gallery`` (pids as given; the
-        order of ``train_records`` kept within each list).
+        ``train`` (pids relabelled 0..N−1), ``val_query`` (one image per camera of each held-out
+        id, one fewer when that would take all its images), ``val_gallery`` (the rest: every
+        held-out id keeps at least one gallery image; pids as given; the order of
+        ``train_records`` kept within each list).
 
     Raises:
         ValueError: ``num_val_pids`` not a positive int, or not fewer than the identities with at
@@ -58,14 +60,17 @@ def carve_validation(train_records: Sequence[Record], num_val_pids: int, seed: i
     query_idx = set()
     for pid in sorted(val_pids):
         idx = [by_pid[pid][i] for i in rng.permutation(len(by_pid[pid]))]
-        seen = set()
+        seen, picked = set(), []
         for i in idx:
             cam = records[i].camid
             if cam not in seen:
                 seen.add(cam)
-                query_idx.add(i)
+                picked.append(i)
                 if no_cams:
                     break
+        if len(picked) == len(idx):  # one image per camera: keep one in the gallery, else the
+            picked.pop()             # identity's queries have nothing to find (evaluation refuses)
+        query_idx.update(picked)
     train, query, gallery = [], [], []
     for i, r in enumerate(records):
         if r.pid not in val_pids:
