@@ -21,8 +21,8 @@ docs/engine.md):
   (a :class:`~reidkern.engine.hooks.FreezeSchedule` hook): on CPU the backward pass through them is
   most of a step's time, and the MSMT17 low-level filters transfer as they are. ``osnet_full``
   (the same recipe, every layer training; ``get_recipe("osnet", hooks=[])`` is the same thing) is
-  ~2x slower per step and scores higher: on Con-ReID, 4 epochs, test mAP 88.4 and re-ranked 90.0
-  against 87.0 and 89.7 with the stages frozen (benchmarks/results/cpu-epyc-2core/).
+  ~2x slower per step and scores higher re-ranked: on Con-ReID, 4 epochs, re-ranked test mAP
+  90.0 / 90.2 (seeds 0 / 1) against 89.7 with the stages frozen (benchmarks/results/cpu-epyc-2core/).
 
 ``model_kwargs["weights"]`` defaults to reid-mini's ``osnet_x0_25_msmt17.onnx`` (found through
 ``reidkern.data.reid_mini_dir``; ``$REIDKERN_DATA`` points elsewhere).
