@@ -100,6 +100,26 @@ def test_layer_compiles_fullgraph(name, make, inputs, kwargs):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
 
 
+def assert_folded_equals_projected(layer, make_leaves, call, loss_seed):
+    """Runs `layer` folded and projected (``fold_projections`` True then False) on fresh leaves
+    from ``make_leaves()`` through ``call(*leaves) -> (out, weights)``, and checks the outputs,
+    weights and every gradient (leaves and parameters) equal, float64."""
+    results = []
+    for fold in (True, False):
+        layer.fold_projections = fold
+        leaves = [t.clone().requires_grad_() for t in make_leaves()]
+        out, w = call(*leaves)
+        gg = _g(loss_seed)
+        loss = (out * torch.randn(out.shape, generator=gg, dtype=torch.float64)).sum() + (w * w).sum()
+        wrt = leaves + list(layer.parameters())
+        grads = torch.autograd.grad(loss, wrt, allow_unused=True)
+        # the key bias shifts every logit of a row equally: its gradient is 0 (unused when folded)
+        grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip(wrt, grads)]
+        results.append([out, w] + grads)
+    for a, b in zip(*results):
+        assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
 @pytest.mark.parametrize("backend", [None, "reference"])
 @pytest.mark.parametrize("q_batch,c_batch", [(1, 3), (3, 3), (3, 1)])
 def test_folded_projections_equal_projected(backend, q_batch, c_batch):
@@ -113,20 +133,9 @@ def test_folded_projections_equal_projected(backend, q_batch, c_batch):
     context = torch.randn(c_batch, 9, 12, generator=g, dtype=torch.float64)
     mask = torch.rand(3, 9, generator=g) < 0.3
     mask[1] = True
-    results = []
-    for fold in (True, False):
-        layer.fold_projections = fold
-        q, c = query.clone().requires_grad_(), context.clone().requires_grad_()
-        out, w = layer(q, c, key_padding_mask=mask, return_weights=True)
-        gg = _g(5)
-        loss = (out * torch.randn(out.shape, generator=gg, dtype=torch.float64)).sum() + (w * w).sum()
-        params = list(layer.parameters())
-        grads = torch.autograd.grad(loss, [q, c] + params, allow_unused=True)
-        # the key bias shifts every logit of a row equally: its gradient is 0 (unused when folded)
-        grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip([q, c] + params, grads)]
-        results.append([out, w] + grads)
-    for a, b in zip(*results):
-        assert_close(a, b, rtol=1e-10, atol=1e-11)
+    assert_folded_equals_projected(
+        layer, lambda: (query, context),
+        lambda q, c: layer(q, c, key_padding_mask=mask, return_weights=True), loss_seed=5)
 
 
 @pytest.mark.parametrize("layout", ["channels_first", "tokens_first"])
@@ -149,21 +158,12 @@ def test_folded_norm_path_equals_projected(layout, qkv_bias, monkeypatch):
         layer.context_norm.bias.copy_(torch.randn(20, generator=g, dtype=torch.float64))
     query = torch.randn(3, 4, 12, generator=g, dtype=torch.float64)
     tokens = 2 + 3 * torch.randn(3, 20, 9, generator=g, dtype=torch.float64)  # [B, C, L], offset
-    results = []
-    for fold in (True, False):
-        layer.fold_projections = fold
-        q = query.clone().requires_grad_()
-        t = (tokens if layout == "channels_first" else tokens.transpose(1, 2).contiguous()).clone().requires_grad_()
-        out, w = layer(q, t.transpose(1, 2) if layout == "channels_first" else t, return_weights=True)
-        gg = _g(11)
-        loss = (out * torch.randn(out.shape, generator=gg, dtype=torch.float64)).sum() + (w * w).sum()
-        params = list(layer.parameters())
-        grads = torch.autograd.grad(loss, [q, t] + params, allow_unused=True)
-        grads = [torch.zeros_like(p) if gr is None else gr for p, gr in zip([q, t] + params, grads)]
-        results.append([out, w] + grads)
+    channels_first = layout == "channels_first"
+    assert_folded_equals_projected(
+        layer, lambda: (query, tokens if channels_first else tokens.transpose(1, 2).contiguous()),
+        lambda q, t: layer(q, t.transpose(1, 2) if channels_first else t, return_weights=True),
+        loss_seed=11)
     assert len(calls) == 1  # the folded call took the folded-norm path, the projected one did not
-    for a, b in zip(*results):
-        assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 
 def test_folded_norm_attention_gradcheck():

@@ -73,12 +73,17 @@ def test_fewer_images_than_clusters():
         dbscan_pseudo_labels(x)
 
 
+def refused_as_identical(n, dim, cluster):
+    """Checks that `cluster` refuses n identical rows; returns them (float32, [n, dim])."""
+    x = np.ones((n, dim), dtype=np.float32)
+    with pytest.raises(ValueError, match=f"all {n} samples are identical"):
+        cluster(x)
+    return x
+
+
 def test_identical_features():
-    x = np.ones((30, 8), dtype=np.float32)
-    with pytest.raises(ValueError, match="all 30 samples are identical"):
-        kmeans_pseudo_labels(x, 3)
-    with pytest.raises(ValueError, match="all 30 samples are identical"):
-        dbscan_pseudo_labels(x, k1=5, k2=2)
+    refused_as_identical(30, 8, lambda x: kmeans_pseudo_labels(x, 3))
+    refused_as_identical(30, 8, lambda x: dbscan_pseudo_labels(x, k1=5, k2=2))
 
 
 def test_nan_features():
@@ -203,9 +208,7 @@ def test_inf_and_minus_inf_features_are_refused():
 def test_identical_check_across_blocks():
     # the identical-rows check goes block by block (1024 rows): a single different row in a later
     # block makes the set clusterable, and all-identical over several blocks is refused
-    x = np.ones((2100, 4), dtype=np.float32)
-    with pytest.raises(ValueError, match="all 2100 samples are identical"):
-        kmeans_pseudo_labels(x, 3)
+    x = refused_as_identical(2100, 4, lambda x: kmeans_pseudo_labels(x, 3))
     x[2099, 1] = 2.0
     kmeans_pseudo_labels(x, 2, n_init=1, max_iter=5)
 

@@ -90,18 +90,65 @@ void update_one(RowState& st, double a, double e, int64_t j, int64_t k) {
   }
 }
 
-// Streams one row of a product tile through the filter. Columns go in chunks of 32: a branch-free
-// (vectorisable) pass asks whether any column of the chunk can matter -- a lower bound at most the
-// current k-th upper bound, or an upper bound at least the current largest lower bound, with the
-// chunk's largest error bound -- and only such chunks take the exact per-column path.
+// Error-bound factors of a = |x|^2 + |y|^2 - 2 x.y: 2 * gamma_D(u) |x||y| for the product (any
+// order, FMA or not), and a few float64 roundings of |x|^2, |y|^2 and the sum; both doubled.
+struct Bounds {
+  double rel_dot, rel_sq;
+};
+
 template <typename T>
-void update_row(RowState& st, const T* prod, const double xn, const double xnorm,
-                const double* yn, const double* ynorm, int64_t j0, int64_t cols, int64_t k,
-                double rel_dot, double rel_sq, double tile_ynorm_max, double tile_yn_max) {
+Bounds error_bounds(int64_t D) {
+  const double u = std::is_same<T, float>::value ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53);
+  const double gamma = (D + 2) * u / (1.0 - (D + 2) * u);
+  return {2.0 * 2.0 * gamma, 2.0 * (D + 8) * std::ldexp(1.0, -52)};
+}
+
+// Rows [begin, begin + n) of a tile side: their squared norms and norms, and the largest of each
+// (the chunk filter's error bound uses the side's largest).
+struct NormSpan {
+  int64_t begin, n;
+  const double* sq;
+  const double* norm;
+  double sq_max, norm_max;
+};
+
+// Squared norms (float64, exact as exact_sq computes them) and norms of the rows of a matrix.
+struct RowNorms {
+  std::vector<double> sq, norm;
+
+  template <typename T>
+  RowNorms(const T* p, int64_t n, int64_t D) : sq(n), norm(n) {
+    torch::stable::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+      std::vector<T> zero(D, T(0));
+      for (int64_t j = b; j < e; ++j) {
+        sq[j] = exact_sq<T>(p + j * D, zero.data(), D);
+        norm[j] = std::sqrt(sq[j]);
+      }
+    });
+  }
+  NormSpan span(int64_t begin, int64_t n) const {  // n >= 1
+    return {begin, n, sq.data() + begin, norm.data() + begin,
+            *std::max_element(sq.begin() + begin, sq.begin() + begin + n),
+            *std::max_element(norm.begin() + begin, norm.begin() + begin + n)};
+  }
+};
+
+// Streams one row of a product tile (the products of a row of squared norm xn, norm xnorm, with
+// the columns `cols`) through the filter. Columns go in chunks of 32: a branch-free (vectorisable)
+// pass asks whether any column of the chunk can matter -- a lower bound at most the current k-th
+// upper bound, or an upper bound at least the current largest lower bound, with the tile's largest
+// error bound -- and only such chunks take the exact per-column path.
+template <typename T>
+void update_row(RowState& st, const T* prod, double xn, double xnorm, const NormSpan& cols,
+                int64_t k, Bounds eb) {
   constexpr int64_t kChunk = 32;
-  const double emax = rel_dot * xnorm * tile_ynorm_max + rel_sq * (xn + tile_yn_max) + 1e-300;
-  for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
-    const int64_t c1 = std::min(cols, c0 + kChunk);
+  // locals, not loads through the spans: the filter's stores could alias them
+  const double *yn = cols.sq, *ynorm = cols.norm;
+  const double rel_dot = eb.rel_dot, rel_sq = eb.rel_sq;
+  const int64_t n = cols.n, j0 = cols.begin;
+  const double emax = rel_dot * xnorm * cols.norm_max + rel_sq * (xn + cols.sq_max) + 1e-300;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c1 = std::min(n, c0 + kChunk);
     const double lo_limit = st.upper(k) + emax;  // a <= this: may be a neighbour
     const double hi_limit = st.lmax - emax;      // a >= this: may be the maximum
     int any = 0;
@@ -118,31 +165,23 @@ void update_row(RowState& st, const T* prod, const double xn, const double xnorm
   }
 }
 
-// Squared norms (float64, exact as exact_sq computes them) and norms of rows [0, n) of p.
+// One product tile, the rows `rows` of x against the rows `cols` of y (the BLAS product in the
+// inputs' dtype, [rows.n, cols.n] contiguous), fed to the filters of its rows: states[r] is row
+// rows.begin + r's. Returns the tile, which the self search also feeds to its columns' filters.
 template <typename T>
-void row_norms(const T* p, int64_t n, int64_t D, std::vector<double>& sq, std::vector<double>& norm) {
-  sq.resize(n);
-  norm.resize(n);
-  torch::stable::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
-    std::vector<T> zero(D, T(0));
-    for (int64_t j = b; j < e; ++j) {
-      sq[j] = exact_sq<T>(p + j * D, zero.data(), D);
-      norm[j] = std::sqrt(sq[j]);
+Tensor feed_tile(RowState* states, const Tensor& x, const NormSpan& rows, const Tensor& y,
+                 const NormSpan& cols, int64_t k, const Bounds& eb) {
+  const Tensor xt = torch::stable::narrow(const_cast<Tensor&>(x), 0, rows.begin, rows.n);
+  const Tensor yt = torch::stable::narrow(const_cast<Tensor&>(y), 0, cols.begin, cols.n);
+  const Tensor prod =
+      torch::stable::contiguous(torch::stable::matmul(xt, torch::stable::transpose(yt, 0, 1)));
+  const T* pp = static_cast<const T*>(prod.const_data_ptr());
+  torch::stable::parallel_for(0, rows.n, 8, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      update_row<T>(states[r], pp + r * cols.n, rows.sq[r], rows.norm[r], cols, k, eb);
     }
   });
-}
-
-// Error-bound factors of a = |x|^2 + |y|^2 - 2 x.y: 2 * gamma_D(u) |x||y| for the product (any
-// order, FMA or not), and a few float64 roundings of |x|^2, |y|^2 and the sum; both doubled.
-struct Bounds {
-  double rel_dot, rel_sq;
-};
-
-template <typename T>
-Bounds error_bounds(int64_t D) {
-  const double u = std::is_same<T, float>::value ? std::ldexp(1.0, -24) : std::ldexp(1.0, -53);
-  const double gamma = (D + 2) * u / (1.0 - (D + 2) * u);
-  return {2.0 * 2.0 * gamma, 2.0 * (D + 8) * std::ldexp(1.0, -52)};
+  return prod;
 }
 
 void init_states(std::vector<RowState>& states, int64_t k) {
@@ -189,32 +228,17 @@ void knn_impl(const Tensor& x, const Tensor& y, int64_t k, int64_t offset, doubl
   const int64_t M = x.size(0), Ny = y.size(0), D = x.size(1);
   const T* xp = static_cast<const T*>(x.const_data_ptr());
   const T* yp = static_cast<const T*>(y.const_data_ptr());
-  std::vector<double> yn, ynorm, xn, xnorm;
-  row_norms<T>(yp, Ny, D, yn, ynorm);
-  row_norms<T>(xp, M, D, xn, xnorm);
+  const RowNorms yn(yp, Ny, D), xn(xp, M, D);
   const Bounds eb = error_bounds<T>(D);
 
   for (int64_t r0 = 0; r0 < M; r0 += kTileRows) {
-    const int64_t rows = std::min(kTileRows, M - r0);
-    std::vector<RowState> states(rows);
+    const NormSpan rows = xn.span(r0, std::min(kTileRows, M - r0));
+    std::vector<RowState> states(rows.n);
     init_states(states, k);
-    const Tensor xt = torch::stable::narrow(const_cast<Tensor&>(x), 0, r0, rows);
     for (int64_t c0 = 0; c0 < Ny; c0 += kTileCols) {
-      const int64_t cols = std::min(kTileCols, Ny - c0);
-      const Tensor yt = torch::stable::narrow(const_cast<Tensor&>(y), 0, c0, cols);
-      Tensor prod = torch::stable::matmul(xt, torch::stable::transpose(yt, 0, 1));
-      prod = torch::stable::contiguous(prod);
-      const T* pp = static_cast<const T*>(prod.const_data_ptr());
-      const double ynorm_max = *std::max_element(ynorm.begin() + c0, ynorm.begin() + c0 + cols);
-      const double yn_max = *std::max_element(yn.begin() + c0, yn.begin() + c0 + cols);
-      torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          update_row<T>(states[r], pp + r * cols, xn[r0 + r], xnorm[r0 + r], yn.data() + c0,
-                        ynorm.data() + c0, c0, cols, k, eb.rel_dot, eb.rel_sq, ynorm_max, yn_max);
-        }
-      });
+      feed_tile<T>(states.data(), x, rows, y, yn.span(c0, std::min(kTileCols, Ny - c0)), k, eb);
     }
-    finish_rows<T>(states.data(), rows, r0, xp, yp, D, k, offset, out_d, out_i, out_max);
+    finish_rows<T>(states.data(), rows.n, r0, xp, yp, D, k, offset, out_d, out_i, out_max);
   }
 }
 
@@ -230,91 +254,72 @@ template <typename T>
 void knn_self_impl(const Tensor& x, int64_t k, double* out_d, int64_t* out_i, double* out_max) {
   const int64_t N = x.size(0), D = x.size(1);
   const T* xp = static_cast<const T*>(x.const_data_ptr());
-  std::vector<double> xn, xnorm;
-  row_norms<T>(xp, N, D, xn, xnorm);
+  const RowNorms xn(xp, N, D);
   const Bounds eb = error_bounds<T>(D);
   std::vector<RowState> states(N);
   init_states(states, k);
   constexpr int64_t kBlock = 64;  // columns transposed together for the column-side updates
 
   for (int64_t r0 = 0; r0 < N; r0 += kTileRows) {
-    const int64_t rows = std::min(kTileRows, N - r0);
-    const Tensor xt = torch::stable::narrow(const_cast<Tensor&>(x), 0, r0, rows);
-    const double rnorm_max = *std::max_element(xnorm.begin() + r0, xnorm.begin() + r0 + rows);
-    const double rn_max = *std::max_element(xn.begin() + r0, xn.begin() + r0 + rows);
+    const NormSpan rows = xn.span(r0, std::min(kTileRows, N - r0));
     for (int64_t c0 = r0; c0 < N; c0 += kTileCols) {
       const int64_t cols = std::min(kTileCols, N - c0);
-      const Tensor yt = torch::stable::narrow(const_cast<Tensor&>(x), 0, c0, cols);
-      Tensor prod = torch::stable::matmul(xt, torch::stable::transpose(yt, 0, 1));
-      prod = torch::stable::contiguous(prod);
-      const T* pp = static_cast<const T*>(prod.const_data_ptr());
-      const double cnorm_max = *std::max_element(xnorm.begin() + c0, xnorm.begin() + c0 + cols);
-      const double cn_max = *std::max_element(xn.begin() + c0, xn.begin() + c0 + cols);
       // rows of I against every column of the tile (the diagonal block included)
-      torch::stable::parallel_for(0, rows, 8, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          update_row<T>(states[r0 + r], pp + r * cols, xn[r0 + r], xnorm[r0 + r], xn.data() + c0,
-                        xnorm.data() + c0, c0, cols, k, eb.rel_dot, eb.rel_sq, cnorm_max, cn_max);
-        }
-      });
+      const Tensor prod = feed_tile<T>(states.data() + r0, x, rows, x, xn.span(c0, cols), k, eb);
+      const T* pp = static_cast<const T*>(prod.const_data_ptr());
       // the tile's columns outside the diagonal block against the rows of I
-      const int64_t first = std::max<int64_t>(0, r0 + rows - c0);
+      const int64_t first = std::max<int64_t>(0, r0 + rows.n - c0);
       const int64_t nblocks = (cols - first + kBlock - 1) / kBlock;
       torch::stable::parallel_for(0, nblocks, 1, [&](int64_t b, int64_t e) {
-        std::vector<T> buf(static_cast<size_t>(kBlock * rows));
+        std::vector<T> buf(static_cast<size_t>(kBlock * rows.n));
         for (int64_t blk = b; blk < e; ++blk) {
           const int64_t j0 = first + blk * kBlock, j1 = std::min(cols, j0 + kBlock);
-          for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t r = 0; r < rows.n; ++r) {
             const T* src = pp + r * cols;
-            for (int64_t j = j0; j < j1; ++j) buf[(j - j0) * rows + r] = src[j];
+            for (int64_t j = j0; j < j1; ++j) buf[(j - j0) * rows.n + r] = src[j];
           }
           for (int64_t j = j0; j < j1; ++j) {
             const int64_t g = c0 + j;
-            update_row<T>(states[g], buf.data() + (j - j0) * rows, xn[g], xnorm[g], xn.data() + r0,
-                          xnorm.data() + r0, r0, rows, k, eb.rel_dot, eb.rel_sq, rnorm_max, rn_max);
+            update_row<T>(states[g], buf.data() + (j - j0) * rows.n, xn.sq[g], xn.norm[g], rows, k, eb);
           }
         }
       });
     }
     // Rows of I have now seen every column: those left of I through earlier tiles' columns.
-    finish_rows<T>(states.data() + r0, rows, r0, xp, xp, D, k, 0, out_d, out_i, out_max);
+    finish_rows<T>(states.data() + r0, rows.n, r0, xp, xp, D, k, 0, out_d, out_i, out_max);
   }
 }
 
-std::tuple<Tensor, Tensor, Tensor> knn_outputs(const Tensor& x, int64_t k) {
+// The outputs [M, k] distances, [M, k] indices and [M] row maxima of the search of x's rows,
+// filled by search(T{}, distances, indices, maxima) for x's dtype T; checks shared by both entries.
+template <typename Search>
+std::tuple<Tensor, Tensor, Tensor> run_search(const char* name, const Tensor& x, const Tensor& y,
+                                              int64_t k, Search search) {
+  check_knn_inputs(x, y);
+  STD_TORCH_CHECK(k >= 1, name, ": k must be >= 1");
   const int64_t M = x.size(0);
-  return {torch::stable::empty({M, k}, ScalarType::Double, std::nullopt, x.device()),
-          torch::stable::empty({M, k}, ScalarType::Long, std::nullopt, x.device()),
-          torch::stable::empty({M}, ScalarType::Double, std::nullopt, x.device())};
+  Tensor dist = torch::stable::empty({M, k}, ScalarType::Double, std::nullopt, x.device());
+  Tensor idx = torch::stable::empty({M, k}, ScalarType::Long, std::nullopt, x.device());
+  Tensor rmax = torch::stable::empty({M}, ScalarType::Double, std::nullopt, x.device());
+  if (M == 0) return {dist, idx, rmax};
+  REIDKERN_DISPATCH_FLOATING(x, name, [&] {
+    search(scalar_t{}, dist.mutable_data_ptr<double>(), idx.mutable_data_ptr<int64_t>(),
+           rmax.mutable_data_ptr<double>());
+  });
+  return {dist, idx, rmax};
 }
 
 std::tuple<Tensor, Tensor, Tensor> knn_cpu(const Tensor& x, const Tensor& y, int64_t k,
                                            int64_t index_offset) {
-  check_knn_inputs(x, y);
-  STD_TORCH_CHECK(k >= 1, "knn: k must be >= 1");
-  auto [dist, idx, rmax] = knn_outputs(x, k);
-  if (x.size(0) == 0) return {dist, idx, rmax};
-  double* dp = dist.mutable_data_ptr<double>();
-  int64_t* ip = idx.mutable_data_ptr<int64_t>();
-  double* mp = rmax.mutable_data_ptr<double>();
-  REIDKERN_DISPATCH_FLOATING(x, "knn", [&] {
-    knn_impl<scalar_t>(x, y, k, index_offset, dp, ip, mp);
+  return run_search("knn", x, y, k, [&](auto t, double* dp, int64_t* ip, double* mp) {
+    knn_impl<decltype(t)>(x, y, k, index_offset, dp, ip, mp);
   });
-  return {dist, idx, rmax};
 }
 
 std::tuple<Tensor, Tensor, Tensor> knn_self_cpu(const Tensor& x, int64_t k) {
-  check_knn_inputs(x, x);
-  STD_TORCH_CHECK(k >= 1, "knn_self: k must be >= 1");
-  auto [dist, idx, rmax] = knn_outputs(x, k);
-  if (x.size(0) == 0) return {dist, idx, rmax};
-  double* dp = dist.mutable_data_ptr<double>();
-  int64_t* ip = idx.mutable_data_ptr<int64_t>();
-  double* mp = rmax.mutable_data_ptr<double>();
-  REIDKERN_DISPATCH_FLOATING(x, "knn_self", [&] {
-    knn_self_impl<scalar_t>(x, k, dp, ip, mp);
+  return run_search("knn_self", x, x, k, [&](auto t, double* dp, int64_t* ip, double* mp) {
+    knn_self_impl<decltype(t)>(x, k, dp, ip, mp);
   });
-  return {dist, idx, rmax};
 }
 
 }  // namespace
