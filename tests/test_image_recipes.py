@@ -99,3 +99,21 @@ def test_engine_export_of_the_recipes_inference_path(name, kwargs, size, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), recipe.extract(model.eval(), {"img": x}),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_cli_export_without_checkpoint(tmp_path, monkeypatch, capsys):
+    # `reidkern export dpti --out m.onnx` (docs/engine.md: --checkpoint is optional) builds the
+    # recipe's initial model; with no checkpoint and no dataset it used 1 identity, which the paper
+    # models refuse (num_classes >= 2), so the documented command failed
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import reidkern.engine as engine
+    from reidkern.cli import main
+
+    small = dict(num_parts=2, dim=8, mid_stage="layer1", final_stage="layer2", part_heads=2)
+    real = engine.get_recipe
+    monkeypatch.setattr(engine, "get_recipe", lambda name, **kw: real(name, height=32, width=16,
+                                                                      model_kwargs=small, **kw))
+    out = tmp_path / "dpti.onnx"
+    assert main(["export", "dpti", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert out.is_file() and "onnxruntime max |diff|" in capsys.readouterr().out

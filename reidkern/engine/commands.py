@@ -99,7 +99,9 @@ def cmd_train(args):
             print(f"  before: {format_scores(b)}")
         if a:
             print(f"  after:  {format_scores(a)}")
-        print(f"  written to {out}/ (last.pt, best.pt, metrics.jsonl, results.json, curves.png, query/gallery.npz)")
+        names = ("last.pt", "best.pt", "metrics.jsonl", "results.json", "curves.png", "query.npz", "gallery.npz")
+        # only what this run wrote: no best.pt without a validation split, no .npz with a recipe's own evaluate
+        print(f"  written to {out}/ ({', '.join(n for n in names if os.path.exists(os.path.join(out, n)))})")
     return 0
 
 
