@@ -93,6 +93,9 @@ def test_train_test_extract_ranks_export_on_real_crops(tmp_path, capsys, monkeyp
     assert code == 0, se
     for name in ("last.pt", "metrics.jsonl", "results.json", "curves.png", "query.npz", "gallery.npz", "config.json"):
         assert (out / name).is_file(), name
+    written = [line for line in so.splitlines() if "written to" in line]
+    assert written and "last.pt" in written[0], so
+    assert not (out / "best.pt").exists() and "best.pt" not in written[0]  # no validation split: no best.pt
     res = json.loads((out / "results.json").read_text())
     assert 0 < res["after"]["mAP"] <= 1 and "rr_mAP" in res["after"]
     code, so, se = run(capsys, "test", "osnet", "--dataset", "market1501", "--data", MINI,

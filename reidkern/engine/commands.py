@@ -115,8 +115,9 @@ def _model_and_data(args):
     if ckpt is not None:
         model = build_model_for(recipe, int(ckpt["num_classes"]))
         model_state_from_checkpoint(model, ckpt, args.checkpoint)
-    else:  # the recipe's initial model (e.g. the pretrained OSNet, zero-shot)
-        model = build_model_for(recipe, max(1, ds.num_train_pids if ds is not None else 1))
+    else:  # the recipe's initial model (e.g. the pretrained OSNet, zero-shot); its classifier is
+        # not on the inference path, and the paper models refuse fewer than 2 ids: 2 at least
+        model = build_model_for(recipe, max(2, ds.num_train_pids if ds is not None else 2))
     return recipe, model.eval(), ds
 
 
