@@ -115,7 +115,9 @@ def check_compiled_train_forward(model, x, pids, rtol=1e-4, atol=1e-5):
     """``torch.compile(model, fullgraph=True)`` (aot_eager backend: traces the whole graph and its
     backward without a C++ compiler) gives the eager train-mode outputs (a dict of tensors) and its
     ``model.loss(outputs, pids)`` gives the eager gradients of every trainable parameter. Raises
-    AssertionError otherwise (dropout must be off: the two forwards draw different masks)."""
+    AssertionError otherwise (dropout must be off: the two forwards draw different masks). Then the
+    same for the eval-mode forward (the test features, what a compiled retrieval service runs);
+    the model is left in train mode."""
     params = [p for p in model.parameters() if p.requires_grad]
     expected = model(x)
     # eager gradients before the compiled forward: its BatchNorm running-stat updates would bump
@@ -132,3 +134,12 @@ def check_compiled_train_forward(model, x, pids, rtol=1e-4, atol=1e-5):
         if g is not None:
             torch.testing.assert_close(g, ge, rtol=rtol, atol=atol)
     assert any(g is not None for g in grads)
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = model(x)
+            torch._dynamo.reset()
+            got = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+        torch.testing.assert_close(got, expected, rtol=rtol, atol=atol, msg=lambda m: f"eval forward: {m}")
+    finally:
+        model.train()
