@@ -117,3 +117,29 @@ def test_cli_export_without_checkpoint(tmp_path, monkeypatch, capsys):
     out = tmp_path / "dpti.onnx"
     assert main(["export", "dpti", "--out", str(out)]) == 0, capsys.readouterr().err
     assert out.is_file() and "onnxruntime max |diff|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["la_transformer", "la_transformer_improved"])
+def test_la_transformer_transforms_resize_bicubic(name):
+    # the official transforms: Resize((224, 224), interpolation=3) (bicubic), ToTensor, ImageNet
+    # Normalize, RandomHorizontalFlip at training time only
+    import numpy as np
+    from PIL import Image
+
+    from reidkern.data.transforms import normalize, to_tensor
+
+    recipe = get_recipe(name)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (128, 64, 3), dtype=np.uint8))
+    got = recipe.build_transforms(recipe.height, recipe.width, train=False)(img)
+    expected = normalize(to_tensor(img.resize((224, 224), Image.BICUBIC)))
+    assert torch.equal(got, expected)
+    bilinear = normalize(to_tensor(img.resize((224, 224), Image.BILINEAR)))
+    assert not torch.allclose(got, bilinear, atol=1e-3)
+    train = recipe.build_transforms(recipe.height, recipe.width, train=True)
+    torch.manual_seed(0)
+    outs = [train(img) for _ in range(8)]
+    assert all(torch.equal(o, expected) or torch.equal(o, expected.flip(-1)) for o in outs)
+    with pytest.raises(ValueError, match="interpolation"):
+        from reidkern.data import build_transforms
+        build_transforms(32, 16, train=False, interpolation="nearest")

@@ -53,16 +53,16 @@ class Compose:
 
 
 class Resize:
-    """Path/PIL image → RGB PIL image resized to (height, width), bilinear."""
+    """Path/PIL image → RGB PIL image resized to (height, width), bilinear or bicubic."""
 
-    def __init__(self, height: int, width: int):
-        self.size = (height, width)
+    def __init__(self, height: int, width: int, interpolation: str = "bilinear"):
+        self.size, self.interpolation = (height, width), interpolation
 
     def __call__(self, image: ImageLike):
-        return resize(load_image(image), self.size)
+        return resize(load_image(image), self.size, self.interpolation)
 
     def __repr__(self):
-        return f"Resize{self.size}"
+        return f"Resize{self.size}" + ("" if self.interpolation == "bilinear" else f"({self.interpolation})")
 
 
 class ToTensor:
@@ -201,7 +201,7 @@ def build_transforms(height: int, width: int, train: bool, *, flip_p: float = 0.
                      random_erasing: float = 0.5, channel_aug: bool = False, modality: int = VISIBLE,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      erase_value: Optional[Sequence[float]] = None,
-                     generator: Optional[torch.Generator] = None) -> Compose:
+                     generator: Optional[torch.Generator] = None, interpolation: str = "bilinear") -> Compose:
     """The field's image pipeline: path/PIL image → normalised float32 tensor [3, height, width].
 
     Args:
@@ -216,9 +216,11 @@ def build_transforms(height: int, width: int, train: bool, *, flip_p: float = 0.
         mean, std: normalisation (ImageNet by default).
         erase_value: erasing fill per channel (default ``mean``, as reid-strong-baseline passes it).
         generator: torch.Generator for every random draw (default: torch's global one).
+        interpolation: of the resize, "bilinear" (default) or "bicubic".
 
     Raises:
-        ValueError: non-positive size, probabilities outside [0, 1], negative pad, unknown modality.
+        ValueError: non-positive size, probabilities outside [0, 1], negative pad, unknown modality
+            or interpolation.
     """
     for arg, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -230,7 +232,9 @@ def build_transforms(height: int, width: int, train: bool, *, flip_p: float = 0.
         raise ValueError(f"pad: expected a non-negative int, got {pad!r}")
     if modality not in (VISIBLE, INFRARED):
         raise ValueError(f"modality: expected VISIBLE (0) or INFRARED (1), got {modality!r}")
-    steps: List[Callable] = [Resize(height, width), ToTensor()]
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolation: expected 'bilinear' or 'bicubic', got {interpolation!r}")
+    steps: List[Callable] = [Resize(height, width, interpolation), ToTensor()]
     if train:
         if flip_p > 0:
             steps.append(RandomHorizontalFlipImage(flip_p, generator))

@@ -58,11 +58,18 @@ def load_image(image: ImageLike) -> Image.Image:
         return im.convert("RGB")
 
 
-def resize(image: Image.Image, size: Sequence[int]) -> Image.Image:
-    """Resize a PIL image to ``size`` = (height, width) pixels, bilinear (PIL antialiases when
-    shrinking, as torchvision's ``Resize`` on PIL images does)."""
+_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize(image: Image.Image, size: Sequence[int], interpolation: str = "bilinear") -> Image.Image:
+    """Resize a PIL image to ``size`` = (height, width) pixels, ``interpolation`` "bilinear" (the
+    field's default) or "bicubic" (torchvision's ``interpolation=3``, e.g. LA-Transformer's official
+    code); PIL antialiases when shrinking, as torchvision's ``Resize`` on PIL images does.
+    Raises ValueError for another interpolation."""
     h, w = _size(size)
-    return image.resize((w, h), Image.BILINEAR)
+    if interpolation not in _INTERPOLATION:
+        raise ValueError(f"interpolation: expected 'bilinear' or 'bicubic', got {interpolation!r}")
+    return image.resize((w, h), _INTERPOLATION[interpolation])
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

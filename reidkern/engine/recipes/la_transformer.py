@@ -1,9 +1,9 @@
 """LA-Transformer's recipes, from the official training notebook (SiddhantKapil/LA-Transformer):
 
 * ``la_transformer``: Adam 3e-4, weight decay 5e-4, batch 32 drawn by a plain shuffle (no P×K),
-  30 epochs, 224×224 (bicubic resize in the official code), random flip only; no scheduler
-  (the notebook builds a StepLR it never steps) — the lr only changes at the blockwise unfreezing
-  steps; the sum of the 14 part cross-entropies; test features without flip.
+  30 epochs, 224×224 by bicubic resize (train and test, as the official code), random flip only;
+  no scheduler (the notebook builds a StepLR it never steps) — the lr only changes at the blockwise
+  unfreezing steps; the sum of the 14 part cross-entropies; test features without flip.
 * ``la_transformer_improved``: the note's three improvements (y-pooling, AM-Softmax + batch-hard
   triplet, flip test); P×K batches (8 × 4) since the triplet loss needs positives.
 
@@ -88,7 +88,8 @@ la_extract = eval_forward  # test features [B, 14·768]: per-part L2 norm × 1/�
 def _transforms(height, width, train):
     from reidkern.data import build_transforms
 
-    return build_transforms(height, width, train, pad=0, random_erasing=0.0)  # resize + flip only
+    # bicubic resize + flip only (the official transforms.Resize((224, 224), interpolation=3))
+    return build_transforms(height, width, train, pad=0, random_erasing=0.0, interpolation="bicubic")
 
 
 def _unfreezing_hooks(model):
