@@ -175,6 +175,8 @@ def test_bad_arguments_and_inputs():
         tiny(img_size=(32, 16), y_pooling=True)
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         tiny(img_size=30)
+    with pytest.raises(ValueError, match="am_scale"):
+        tiny(metric_loss=True, am_scale=0.0)
     model = tiny()
     with pytest.raises(ValueError, match="img_size"):
         model(torch.randn(2, 3, 48, 32))

@@ -69,7 +69,9 @@ class LATransformer(nn.Module):
 
     Raises:
         ValueError: bad arguments (num_classes < 2, non-positive sizes, img_size not a multiple of
-            patch_size, y_pooling on a non-square grid), an image of the wrong size or shape, pids of the wrong shape.
+            patch_size, y_pooling on a non-square grid, am_scale <= 0, negative lmbd or am_margin,
+            dropout outside [0, 1]), an image of the wrong size or shape, pids of the wrong shape.
+        TypeError: a non-tensor or non-floating input.
     """
 
     def __init__(self, num_classes: int, img_size=224, patch_size: int = 16, embed_dim: int = 768,
@@ -85,6 +87,8 @@ class LATransformer(nn.Module):
         self.y_pooling, self.metric_loss = bool(y_pooling), bool(metric_loss)
         self.flip_test, self.test_gelt = bool(flip_test), bool(test_gelt)
         self.am_margin = check_float(am_margin, "am_margin")
+        if check_float(am_scale, "am_scale") == 0:  # s·cos ≡ 0: constant logits, nothing learns
+            raise ValueError(f"am_scale: expected a number > 0, got {am_scale!r}")
         self.backend = backend
         patch_size = check_int(patch_size, "patch_size", 1)
         if any(s % patch_size for s in self.img_size):
