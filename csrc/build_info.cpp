@@ -1,6 +1,13 @@
 // pybind11 side of reidkern._C: the facts of this build, read by reidkern.build_info().
 // Ops are not exposed here; they are registered with the torch library (registration.cpp).
+//
+// torch <= 2.11 ships a pybind11 copy in its include folder (searched first) that refuses to be
+// included while TORCH_TARGET_VERSION is defined. This file uses pybind11 for the Python module
+// only, never torch's own bindings, so the macro is lifted around that one include.
+#pragma push_macro("TORCH_TARGET_VERSION")
+#undef TORCH_TARGET_VERSION
 #include <pybind11/pybind11.h>
+#pragma pop_macro("TORCH_TARGET_VERSION")
 
 #include <torch/csrc/stable/ops.h>
 

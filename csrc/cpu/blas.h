@@ -36,7 +36,8 @@ struct Blas {
     std::array<StableIValue, 3> stack{torch::stable::detail::from(A),
                                       torch::stable::detail::from(Bm),
                                       torch::stable::detail::from(C)};
-    STABLE_TORCH_ERROR_CODE_CHECK(
+    // TORCH_ERROR_CODE_CHECK, not STABLE_TORCH_ERROR_CODE_CHECK: the latter is new in torch 2.12
+    TORCH_ERROR_CODE_CHECK(
         torch_call_dispatcher("aten::mm", "out", stack.data(), TORCH_ABI_VERSION));
     (void)torch::stable::detail::to<Tensor>(stack[0]);  // release the returned reference
   }
