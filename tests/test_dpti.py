@@ -177,3 +177,23 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
     got = sess.run(None, {"img": x.numpy()})[0]
     expected = model.extract(x)
     torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_training_step():
+    # `reidkern train dpti --amp bf16`: the part queries (float32 parameters) met bfloat16 tokens
+    # in template_attention (TypeError), and the triplet distances cancelled in bfloat16
+    torch.manual_seed(7)
+    model = tiny()
+    x, pids = batch(dtype=torch.float32)
+    loss32, logs32 = model.loss(model(x), pids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        loss, logs = model.loss(out, pids)
+    loss.backward()
+    assert out["features"].dtype == torch.bfloat16
+    for k in logs32:  # bfloat16 keeps ~3 significant digits
+        torch.testing.assert_close(logs[k].float(), logs32[k], rtol=0.05, atol=0.02, msg=k)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(x)).all()

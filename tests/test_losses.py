@@ -51,6 +51,29 @@ def test_triplet_float32_and_half_inputs():
     assert torch.isfinite(TripletLoss()(x.half(), labels))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mining,metric", [("hard", "euclidean"), ("hard", "cosine"), ("weighted", "euclidean")])
+def test_triplet_under_autocast_computes_distances_in_float32(backend, mining, metric):
+    # close rows with a large common part (part features, ViT tokens): under bf16 autocast the
+    # x·y products of |x|² + |y|² − 2x·y cancelled and the mined distances came out ~0 (1e-6)
+    g = torch.Generator().manual_seed(3)
+    x = 3 * torch.randn(1, 64, generator=g) + 0.05 * torch.randn(8, 64, generator=g)
+    labels = torch.arange(4).repeat_interleave(2)
+    loss = TripletLoss(None if mining == "weighted" else 0.3, metric=metric, mining=mining, backend=backend)
+    expected = loss(x, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss(x, labels)
+    assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    if mining == "hard":  # the op itself, as every mining loss calls it
+        from reidkern.ops import batch_hard_mining
+
+        res = batch_hard_mining(x, labels, metric, backend=backend)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            res_ac = batch_hard_mining(x, labels, metric, backend=backend)
+        for a, b in zip(res_ac, res):
+            assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def _weighted_oracle(x, labels, margin):
     """Per-anchor loop of fast-reid's weighted regularised triplet (self excluded, exact softmax)."""
     dist = pairwise_distance_matrix(x, x)

@@ -182,7 +182,17 @@ def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=Non
     power-of-two rescaling and their distances scaled back, so any finite embeddings give the
     float64 reference's result; a distance that does not fit the dtype raises ValueError. Meta
     tensors give meta results of the right shapes.
+
+    Under ``torch.autocast`` the op runs with autocast off, in the embeddings' own dtype (float32
+    inside for float16/bfloat16), as torch runs ``cdist``: autocast would lower the kernels'
+    ``x·y`` products to bfloat16/float16, where ``|x|² + |y|² − 2x·y`` cancels and close rows come
+    out at distance 0.
     """
+    dev = getattr(embeddings, "device", None)
+    if dev is not None and torch.is_autocast_enabled(dev.type):
+        with torch.autocast(dev.type, enabled=False):
+            return batch_hard_mining(embeddings, labels, metric, ref_embeddings, ref_labels, self_offset,
+                                     backend, validate)
     if validate:
         embeddings, labels, ref_embeddings, ref_labels = _validate(
             embeddings, labels, ref_embeddings, ref_labels, metric, self_offset)

@@ -32,7 +32,10 @@ class PartTemplateInit(nn.Module):
         if tokens.dim() != 3 or tokens.shape[2] != self.part_queries.shape[1]:
             raise ValueError(f"tokens must be [B, L, {self.part_queries.shape[1]}], got {tuple(tokens.shape)}")
         a = tokens.unsqueeze(1)  # [B, 1, L, d]: keys = values = A_l
-        q = self.part_queries.view(1, 1, *self.part_queries.shape)
+        q = self.part_queries
+        if torch.is_autocast_enabled(tokens.device.type):  # A_l comes in autocast's dtype: so do the
+            q = q.to(tokens.dtype)  # queries (as nn.Linear casts its weight); template_attention wants one dtype
+        q = q.view(1, 1, *q.shape)
         out, _, mean_logit = template_attention(q, a, a, key_padding_mask, scale=self.scale,
                                                 return_mean_logit=True, backend=self.backend)
         templates = self.to_v(out.squeeze(1))  # W_{t,v} (A softmax(γ)) = (W A) softmax(γ)

@@ -19,6 +19,10 @@ def _normalize(x):
     return V.normalize_rows(x, dim=-1)
 
 
+def _at_least_float32(x):
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _check_metric(metric):
     if metric not in ("euclidean", "sqeuclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean', 'sqeuclidean' or 'cosine', got {metric!r}")
@@ -104,8 +108,12 @@ class TripletLoss(nn.Module):
             ref, ref_labels, offset = gather_candidates(embeddings, labels, self.gather)
             if ref is None:
                 ref, ref_labels, offset = embeddings, labels, 0
-            dist_ap, dist_an, valid = weighted_example_mining(embeddings, labels, ref, ref_labels,
-                                                              offset, self.metric)
+            # distances in float32 at least, autocast off (|x|² + |y|² − 2x·y cancels in
+            # bfloat16/float16), as batch_hard_mining and torch's cdist
+            with torch.autocast(embeddings.device.type, enabled=False):
+                dist_ap, dist_an, valid = weighted_example_mining(_at_least_float32(embeddings), labels,
+                                                                  _at_least_float32(ref), ref_labels,
+                                                                  offset, self.metric)
         diff = dist_ap - dist_an
         per = F.softplus(diff) if self.margin is None else F.relu(diff + self.margin)
         return masked_mean(per, valid, self.gather)
