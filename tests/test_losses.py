@@ -334,8 +334,9 @@ def test_constructor_errors():
         TripletLoss(margin=-1)
     with pytest.raises(ValueError, match="mining"):
         TripletLoss(mining="semi")
-    with pytest.raises(ValueError, match="metric"):
-        TripletLoss(metric="l1")
+    for make in (TripletLoss, SoftTripletLoss, BatchHardMiner):  # one list of metric names
+        with pytest.raises(ValueError, match=r"metric must be one of \('euclidean', 'sqeuclidean', 'cosine'\)"):
+            make(metric="l1")
     with pytest.raises(ValueError, match="margin"):
         SoftTripletLoss(margin=2)
     with pytest.raises(ValueError, match="reduction"):

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reidkern._metric import Metric
 from reidkern.distributed import all_gather_no_grad, is_distributed
 from reidkern.nn.losses._common import gather_candidates, masked_mean, mine
 from reidkern.ops import _validate as V
@@ -24,8 +25,7 @@ def _at_least_float32(x):
 
 
 def _check_metric(metric):
-    if metric not in ("euclidean", "sqeuclidean", "cosine"):
-        raise ValueError(f"metric must be 'euclidean', 'sqeuclidean' or 'cosine', got {metric!r}")
+    Metric.from_name(metric)  # ValueError naming the metrics of reidkern/_metric.py
 
 
 def weighted_example_mining(embeddings, labels, ref_embeddings, ref_labels, self_offset,
