@@ -9,7 +9,7 @@ from reidkern.nn import (DictionaryCrossAttention, PartTemplateInit, PrototypeUn
                          TargetAwareAttention, TemplateCrossAttention, TopKTokenAggregation)
 from reidkern.nn.attention import reference as attn_ref
 from reidkern.nn.attention.folded_norm import folded_norm_attention
-from reidkern.testing import assert_close
+from reidkern.testing import assert_close, device_backend_cases
 
 NATIVE = reidkern.build_info()["native"]
 
@@ -58,8 +58,17 @@ def _set_backend(module, backend):
             m.backend = backend
 
 
+# The layers on the CPU with their default backend, and on a GPU with each GPU backend (collected
+# everywhere, skipped without a GPU; tools/gpu_check.sh runs them): the layer-level CUDA paths (the
+# fold choice, masks, layouts) against the same float64 CPU reference.
+LAYER_DEVICES = [pytest.param("cpu", None, id="cpu-default")] + device_backend_cases(
+    supported=("cuda", "triton"), devices=("cuda",))
+
+
+@pytest.mark.parametrize("device,backend", LAYER_DEVICES)
 @pytest.mark.parametrize("name,make,inputs,kwargs", CASES, ids=[c[0] for c in CASES])
-def test_layer_matches_float64_reference(name, make, inputs, kwargs):
+def test_layer_matches_float64_reference(name, make, inputs, kwargs, device, backend, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convolutions on a GPU
     torch.manual_seed(1)
     layer = make()
     args = inputs()
@@ -67,14 +76,18 @@ def test_layer_matches_float64_reference(name, make, inputs, kwargs):
     _set_backend(ref, "reference")
     args64 = [a.double().requires_grad_() for a in args]
     kw64 = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kwargs.items()}
-    args32 = [a.detach().requires_grad_() for a in args]
+    layer.to(device)
+    if backend is not None:
+        _set_backend(layer, backend)
+    args32 = [a.detach().to(device).requires_grad_() for a in args]
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     outs = _run(layer, args32, kwargs)
     refs = _run(ref, args64, kw64)
     g = _g(9)
     weights = [torch.randn(r.shape, generator=g, dtype=torch.float64) for r in refs]
     for o, r in zip(outs, refs):
         assert_close(o, r, rtol=2e-4, atol=2e-5)
-    loss = sum((o * w.float()).sum() for o, w in zip(outs, weights) if o.is_floating_point())
+    loss = sum((o * w.to(o.device, torch.float32)).sum() for o, w in zip(outs, weights) if o.is_floating_point())
     loss_ref = sum((r * w).sum() for r, w in zip(refs, weights) if r.is_floating_point())
     grads = torch.autograd.grad(loss, args32 + list(layer.parameters()), allow_unused=True)
     grads_ref = torch.autograd.grad(loss_ref, args64 + list(ref.parameters()), allow_unused=True)

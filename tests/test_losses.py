@@ -10,9 +10,12 @@ from reidkern.nn import (AMSoftmaxLoss, BatchHardMiner, CrossModalRankingLoss, P
                          SoftTripletLoss, TripletLoss, cosface_logits)
 from reidkern.ops.reference.batch_hard_mining import (pairwise_distance_matrix, triplet_loss_fastreid,
                                                       triplet_loss_torchreid)
-from reidkern.testing import assert_close, backends_for
+from reidkern.testing import assert_close, backends_for, device_backend_cases
 
 BACKENDS = backends_for("cpu")
+# The mining losses on every device x backend (CUDA cases skipped without a GPU; tools/gpu_check.sh
+# runs them) and with the eager reference on the CPU, against the CPU oracles.
+DEVICE_BACKENDS = device_backend_cases() + [pytest.param("cpu", "reference", id="cpu-reference")]
 
 
 def batch(b=16, d=8, ids=4, seed=0, dtype=torch.float64):
@@ -21,22 +24,23 @@ def batch(b=16, d=8, ids=4, seed=0, dtype=torch.float64):
             torch.randint(0, ids, (b,), generator=g))
 
 
-def grads(fn, x, *rest):
-    x = x.clone().requires_grad_()
-    loss = fn(x, *rest)
+def grads(fn, x, *rest, device="cpu"):
+    """The loss ``fn(x, *rest)`` and its gradient in x, computed on ``device``, returned on the CPU."""
+    x = x.detach().clone().to(device).requires_grad_()
+    loss = fn(x, *(r.to(device) if isinstance(r, torch.Tensor) else r for r in rest))
     (g,) = torch.autograd.grad(loss, x)
-    return loss.detach(), g
+    return loss.detach().cpu(), g.cpu()
 
 
 # ---- TripletLoss --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("margin", [0.3, None, 0.0])
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
-def test_triplet_matches_fastreid_and_torchreid(backend, margin, metric):
+def test_triplet_matches_fastreid_and_torchreid(device, backend, margin, metric):
     x, labels = batch(17, 9, 5, seed=1)
     labels[0] = 99  # a singleton: no positive, left out
-    loss, g = grads(TripletLoss(margin, metric=metric, backend=backend), x, labels)
+    loss, g = grads(TripletLoss(margin, metric=metric, backend=backend), x, labels, device=device)
     for oracle in (triplet_loss_fastreid, triplet_loss_torchreid):
         ref, gr = grads(lambda a, b: oracle(a, b, margin, metric), x, labels)
         assert_close(loss, ref)
@@ -139,11 +143,11 @@ def _mmt_oracle(x, labels, margin=None, teacher=None):
     return (-torch.softmax(t, 1).detach() * ls).mean(0).sum()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("margin", [0.0, 0.2])
-def test_soft_triplet_hard_targets(backend, margin):
+def test_soft_triplet_hard_targets(device, backend, margin):
     x, labels = batch(16, 8, 4, seed=5)
-    loss, g = grads(SoftTripletLoss(margin, backend=backend), x, labels)
+    loss, g = grads(SoftTripletLoss(margin, backend=backend), x, labels, device=device)
     ref, gr = grads(lambda a, b: _mmt_oracle(a, b, margin), x, labels)
     assert_close(loss, ref)
     assert_close(g, gr)

@@ -3,8 +3,9 @@
 # its own torch 2.11 + triton 3.6, no network) and for 8 minutes in all:
 #   1. build reidkern._C in place for sm_90 only with CMake against the machine's torch (no pip build,
 #      nothing downloaded);
-#   2. every CUDA and compiled-Triton test: the cuda-* device x backend cases of the op tests (the
-#      test files that use reidkern.testing.device_backend_cases), REIDKERN_REQUIRE_NATIVE=1;
+#   2. every CUDA and compiled-Triton test: the cuda-* device x backend cases of the op, layer and
+#      loss tests (the test files that use reidkern.testing.device_backend_cases),
+#      REIDKERN_REQUIRE_NATIVE=1;
 #   3. the GPU benchmark set: `reidkern bench`'s representative set of each op benchmark file
 #      (eager, SDPA, torch.compile, reidkern-cuda, reidkern-triton), one file at a time so a run cut
 #      short keeps the files it finished.
