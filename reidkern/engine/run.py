@@ -10,6 +10,8 @@ pretrained) model on the test split first, for a before/after table. Output fold
     metrics.jsonl   one JSON line per logged step / validation / test
     last.pt         last complete checkpoint (resume with ``resume=``)
     best.pt         best validation checkpoint
+                    (with ``recipe.precise_bn``, the tested one of the two holds the re-estimated
+                    BatchNorm statistics it was scored with)
     results.json    {"before": {...}, "after": {...}} test scores (fractions); with a recipe's
                     ``rerank_grid``, also ``rerank_before``/``rerank_after``: the (k1, k2, λ) chosen
                     on the validation split and every candidate's validation mAP
@@ -212,13 +214,19 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
     trainer.fit()
     out["best"] = trainer.best
     if test_after and rank == 0:
+        tested = os.path.join(out_dir, "last.pt")
         if trainer.best is not None and os.path.exists(os.path.join(out_dir, "best.pt")):
             from .checkpoint import load_checkpoint, model_state_from_checkpoint
-            best = os.path.join(out_dir, "best.pt")
+            tested = best = os.path.join(out_dir, "best.pt")
             model_state_from_checkpoint(trainer.model, load_checkpoint(best, recipe.name), best)
             log(f"test: best validation checkpoint (step {trainer.best['step']}, "
                 f"val mAP {100 * trainer.best['value']:.1f})")
-        precise_bn(trainer.model, loader, recipe.precise_bn, dev)
+        if recipe.precise_bn:
+            precise_bn(trainer.model, loader, recipe.precise_bn, dev)
+            # the tested checkpoint keeps the statistics it is scored with, so that `reidkern test`
+            # and `extract` of it give these scores and features (fast-reid's PreciseBN, too,
+            # changes the model it then saves)
+            _store_model_state(trainer.model, tested, recipe.name)
         out["after"], qf, gf = evaluate_model(trainer.model, recipe, dataset.query, dataset.gallery,
                                               device=dev, amp=amp, num_workers=num_workers,
                                               progress=progress, both=True, return_features=True,
@@ -232,6 +240,17 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
     if rank == 0:
         _write_json({k: v for k, v in out.items() if k != "out_dir"}, os.path.join(out_dir, "results.json"))
     return out
+
+
+def _store_model_state(model: torch.nn.Module, path: str, recipe_name: str) -> None:
+    """Replace the ``model`` entry of checkpoint ``path`` (if it exists) by ``model``'s state."""
+    if not os.path.isfile(path):
+        return
+    from .checkpoint import atomic_save, load_checkpoint
+
+    ckpt = load_checkpoint(path, recipe_name)
+    ckpt["model"] = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    atomic_save(ckpt, path)
 
 
 def precise_bn(model: torch.nn.Module, loader: TrainLoader, num_batches: int, device) -> None:
