@@ -156,6 +156,35 @@ def test_load_weights_own_resnet_and_foreign():
         dst.load_weights(tiny(num_parts=4).state_dict())
 
 
+def test_checkpoint_of_another_number_of_identities_skips_only_the_classifier(tmp_path):
+    """``reidkern train dpti --weights`` of a DPTI trained on another dataset (a reidkern training
+    checkpoint file): everything loads but the identity classifier, which keeps its fresh
+    initialisation and is reported; a backbone mismatch still raises."""
+    from reidkern.engine.checkpoint import save_checkpoint
+    from reidkern.engine.recipes.dpti import build_dpti
+
+    torch.manual_seed(6)
+    src = tiny(num_classes=9)
+    path = str(tmp_path / "other_dataset.pt")
+    save_checkpoint(path, recipe="dpti", model=src.state_dict(), step=3)
+    torch.manual_seed(7)
+    fresh = tiny().state_dict()
+    small = dict(num_parts=3, dim=16, mid_stage="layer1", final_stage="layer2", part_heads=2)
+    with pytest.warns(UserWarning, match=r"another number of identities[\s\S]*classifier\.weight', \(9, 64\), \(5, 64\)"):
+        torch.manual_seed(7)
+        dst = build_dpti(5, weights=path, **small)
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, fresh[k] if k == "classifier.weight" else src.state_dict()[k]), k
+    res = tiny().load_weights(src.state_dict())
+    assert res.ok and res.skipped_keys == [("classifier.weight", (9, 64), (5, 64))]
+    bad = src.state_dict()  # a backbone tensor of another shape, next to a skippable classifier
+    bad["backbone.conv1.weight"] = torch.zeros(32, 3, 7, 7)
+    with pytest.raises(ValueError, match=r"weights do not match DPTI[\s\S]*backbone\.conv1\.weight', \(32, 3, 7, 7\)"):
+        tiny().load_weights(bad)
+    with pytest.raises(ValueError, match=r"weights do not match DPTI[\s\S]*reduce\.weight"):
+        tiny().load_weights(tiny(num_classes=9, dim=32).state_dict())
+
+
 @pytest.mark.skipif(not NATIVE, reason="compiled library not built")
 def test_torch_compile_forward():
     torch.manual_seed(4)

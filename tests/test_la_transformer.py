@@ -153,8 +153,33 @@ def test_load_official_timm_own_and_foreign_checkpoints():
     with pytest.raises(ValueError, match="weights: not a LA-Transformer checkpoint"):
         dst.load_weights(DPTI(5, num_parts=2, dim=8, mid_stage="layer1", final_stage="layer1",
                               part_heads=2).state_dict())
-    with pytest.raises(ValueError, match="fc2_weight"):  # another number of identities
-        dst.load_weights(tiny(num_classes=6).state_dict())
+
+
+def test_checkpoint_of_another_number_of_identities_skips_only_the_classifiers():
+    """Fine-tuning from a checkpoint of another dataset: the ClassBlocks' last Linear keeps its
+    fresh initialisation and is reported; every other tensor is loaded; other mismatches raise."""
+    torch.manual_seed(5)
+    src, dst = tiny(num_classes=7), tiny()
+    fresh = {k: v.clone() for k, v in dst.state_dict().items()}
+    heads = ["classifiers.fc2_bias", "classifiers.fc2_weight"]
+    for sd in (src.state_dict(), _official_state_dict(src)):  # reidkern's and the official layout
+        ref = tiny(num_classes=7)
+        assert not ref.load_weights(sd).skipped_keys  # same identities: nothing skipped
+        dst.load_state_dict(fresh)
+        with pytest.warns(UserWarning, match=r"another number of identities[\s\S]*classifiers\.fc2_weight"):
+            res = dst.load_weights(sd)
+        assert res.ok and [k for k, _, _ in res.skipped_keys] == heads
+        assert {k: (c, m) for k, c, m in res.skipped_keys}["classifiers.fc2_weight"] == ((4, 7, 256), (4, 5, 256))
+        for k, v in dst.state_dict().items():
+            assert torch.equal(v, fresh[k] if k in heads else ref.state_dict()[k]), k
+    # anything else that differs still raises, even alongside a skippable classifier
+    with pytest.raises(ValueError, match=r"weights do not match LATransformer[\s\S]*fc1_weight"):
+        dst.load_weights(tiny(num_classes=7, bottleneck_dim=32).state_dict())
+    with pytest.raises(ValueError, match=r"weights do not match LATransformer[\s\S]*backbone\.blocks\.0\.attn\.qkv\.weight"):
+        dst.load_weights(tiny(num_classes=7, embed_dim=24).state_dict())
+    with pytest.raises(ValueError, match="weights: not a LA-Transformer checkpoint"):
+        dst.load_weights(DPTI(7, num_parts=2, dim=8, mid_stage="layer1", final_stage="layer1",
+                              part_heads=2).state_dict())
 
 
 def test_extract_flip():

@@ -123,6 +123,10 @@ class DPTI(nn.Module):
         TypeError: a non-tensor or non-floating input.
     """
 
+    # Skipped when a checkpoint was trained on another number of identities
+    # (reidkern.models.weights.load_weights).
+    id_classifier_prefixes = ("classifier.",)
+
     def __init__(self, num_classes: int, num_parts: int = 6, dim: int = 256, mid_stage: str = "layer3",
                  final_stage: str = "layer4", encoder_depth: int = 1, encoder_heads: int = 1,
                  encoder_ffn_dim: Optional[int] = None, part_layers: int = 1, part_heads: int = 8,
@@ -237,6 +241,10 @@ class DPTI(nn.Module):
     def load_weights(self, weights: WeightsLike, strict: bool = True) -> LoadResult:
         """Load a DPTI checkpoint (this class's state_dict) or a torchvision ResNet-50 file/state_dict
         into the backbone (``fc.*`` and stages past ``final_stage`` ignored).
+
+        A DPTI checkpoint trained on another number of identities loads everything but the
+        identity classifier (``classifier.weight``), which keeps its fresh initialisation; a
+        ``UserWarning`` and ``LoadResult.skipped_keys`` name it.
 
         Raises ValueError naming ``weights`` for a checkpoint of another model (e.g. a ViT or
         LA-Transformer one), and listing missing/unexpected/mismatched keys for a DPTI checkpoint

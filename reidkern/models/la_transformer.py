@@ -74,6 +74,10 @@ class LATransformer(nn.Module):
         TypeError: a non-tensor or non-floating input.
     """
 
+    # The 14 ClassBlocks' last Linear (256 → identities): skipped when a checkpoint was trained on
+    # another number of identities (reidkern.models.weights.load_weights).
+    id_classifier_prefixes = ("classifiers.fc2_",)
+
     def __init__(self, num_classes: int, img_size=224, patch_size: int = 16, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, lmbd: float = 8.0, bottleneck_dim: int = 256,
                  dropout: float = 0.5, y_pooling: bool = False, metric_loss: bool = False,
@@ -198,8 +202,14 @@ class LATransformer(nn.Module):
         * a timm/DeiT ViT checkpoint (``patch_embed.*``, ``blocks.*``): the backbone only, the
           position embedding resized to this grid.
 
+        A checkpoint trained on another number of identities (e.g. the official Market-1501 one,
+        751) loads everything but the ClassBlocks' last Linear (``classifiers.fc2_*``), which keeps
+        its fresh initialisation; a ``UserWarning`` and ``LoadResult.skipped_keys`` name the
+        skipped keys.
+
         Raises ValueError naming ``weights`` for a checkpoint of another model (e.g. a DPTI or
-        ResNet one), and listing missing/unexpected/mismatched keys otherwise.
+        ResNet one), and listing missing/unexpected/mismatched keys otherwise (e.g. another
+        embed_dim, number of parts or bottleneck).
         """
         sd = as_state_dict(weights)
         if any(k.startswith("classifier0.") for k in sd) or any(k.startswith("model.blocks.") for k in sd):

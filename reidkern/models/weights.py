@@ -11,6 +11,12 @@ One place for the rules every backbone follows:
   ``ValueError`` that lists every missing, unexpected and shape-mismatched key; with
   ``strict=False`` it loads what matches, warns, and returns the same lists in a
   ``LoadResult``.
+* Fine-tuning on another dataset: a model lists its identity-classifier tensors in
+  ``id_classifier_prefixes`` (a class attribute ``load_weights`` reads). A checkpoint tensor
+  under one of those prefixes whose shape differs only in size (another number of identities)
+  is skipped — the layer keeps its fresh initialisation — and reported (``UserWarning`` and
+  ``LoadResult.skipped_keys``), as torchreid's ``load_pretrained_weights`` does; every other
+  mismatch still raises. One rule for every model instead of one per ``load_weights``.
 
 ONNX files (OSNet) are read by :mod:`reidkern.models.backbones.osnet_onnx`, which maps the
 ONNX initializers to a state_dict and then goes through ``load_weights`` too.
@@ -24,7 +30,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, 
 import torch
 from torch import nn
 
-__all__ = ["LoadResult", "read_state_dict", "load_weights", "WeightsLike"]
+__all__ = ["LoadResult", "read_state_dict", "load_weights", "WeightsLike", "ID_CLASSIFIER_ATTR"]
 
 WeightsLike = Union[str, "os.PathLike[str]", Mapping[str, torch.Tensor]]
 
@@ -34,6 +40,8 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "modu
 # pre-1.0 ResNet files, ONNX exports): absent from a checkpoint is not an error.
 _OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 _MAX_LISTED = 25
+# Class attribute naming a model's identity-classifier state_dict prefixes (see the module doc).
+ID_CLASSIFIER_ATTR = "id_classifier_prefixes"
 
 
 class LoadResult(NamedTuple):
@@ -45,12 +53,16 @@ class LoadResult(NamedTuple):
         different shapes (not loaded).
     ignored_keys: checkpoint keys dropped on purpose by ``ignore_prefixes`` (e.g. a
         classifier head the backbone does not have).
+    skipped_keys: ``(key, checkpoint_shape, model_shape)`` for identity-classifier tensors of
+        another size (a checkpoint trained on another number of identities): not loaded, left at
+        their initialisation; not an error (``ok`` stays True).
     """
 
     missing_keys: list
     unexpected_keys: list
     mismatched_keys: list
     ignored_keys: list
+    skipped_keys: tuple = ()
 
     @property
     def ok(self) -> bool:
@@ -163,6 +175,7 @@ def load_weights(
     strict: bool = True,
     ignore_prefixes: Iterable[str] = (),
     transform: Optional[Callable[[dict], dict]] = None,
+    id_classifier_prefixes: Optional[Iterable[str]] = None,
 ) -> LoadResult:
     """Load local weights into ``module`` with key and shape checks.
 
@@ -177,9 +190,14 @@ def load_weights(
             head the backbone does not build.
         transform: optional function applied to the flat state_dict before matching (used by
             backbones to rename keys or resize position embeddings).
+        id_classifier_prefixes: state_dict prefixes of ``module``'s identity classifiers
+            (default: ``module.id_classifier_prefixes`` if it has one, else none). A tensor under
+            one of them with the same number of dimensions but another size (a checkpoint trained
+            on another number of identities) is skipped with a ``UserWarning`` naming it, even
+            when ``strict``; any other shape difference is a mismatch as usual.
 
     Returns:
-        LoadResult(missing_keys, unexpected_keys, mismatched_keys, ignored_keys).
+        LoadResult(missing_keys, unexpected_keys, mismatched_keys, ignored_keys, skipped_keys).
 
     Raises:
         FileNotFoundError, ValueError, ImportError, TypeError: see ``read_state_dict``; and
@@ -199,12 +217,17 @@ def load_weights(
         k for k in target if k not in sd and not k.endswith(_OPTIONAL_SUFFIXES)
     )
     unexpected = sorted(k for k in sd if k not in target)
-    mismatched = sorted(
+    differing = sorted(
         (k, tuple(sd[k].shape), tuple(target[k].shape))
         for k in sd
         if k in target and tuple(sd[k].shape) != tuple(target[k].shape)
     )
-    result = LoadResult(missing, unexpected, mismatched, ignored)
+    heads = tuple(getattr(module, ID_CLASSIFIER_ATTR, ()) if id_classifier_prefixes is None
+                  else id_classifier_prefixes)
+    # Another number of identities changes a classifier's size, never its rank.
+    skipped = [d for d in differing if heads and d[0].startswith(heads) and len(d[1]) == len(d[2])]
+    mismatched = [d for d in differing if d not in skipped]
+    result = LoadResult(missing, unexpected, mismatched, ignored, skipped)
     if not result.ok:
         msg = (
             f"weights do not match {type(module).__name__}:"
@@ -215,7 +238,14 @@ def load_weights(
         if strict:
             raise ValueError(msg + "\n  (pass strict=False to load the matching keys only)")
         warnings.warn(msg, UserWarning, stacklevel=2)
-    bad = {k for k, _, _ in mismatched}
+    if skipped:
+        warnings.warn(
+            f"weights: the identity classifiers of {type(module).__name__} differ in size from the "
+            "checkpoint's (trained on another number of identities): not loaded, they keep their "
+            "fresh initialisation; every other tensor was loaded."
+            + _listing("skipped (key, checkpoint, model)", skipped),
+            UserWarning, stacklevel=2)
+    bad = {k for k, _, _ in differing}
     loadable = {
         k: v.to(dtype=target[k].dtype) if v.is_floating_point() else v
         for k, v in sd.items()
