@@ -149,3 +149,26 @@ def test_param_groups_backbone_lr_and_frozen_stages():
     assert hooks[-1].frozen == ["student.backbone.conv1"]
     with pytest.raises(ValueError, match="backbone_lr_mult"):
         lf2_param_groups(0.0)
+
+
+def test_source_weights_skip_only_the_source_classifier(tmp_path):
+    """Stage 2 from a stage-1 checkpoint (another number of classes than num_clusters): every
+    tensor but the classifier is loaded and the classifier is reported; a checkpoint of another
+    backbone raises naming source_weights (it used to load nothing, silently)."""
+    from reidkern.engine.checkpoint import save_checkpoint
+    from reidkern.engine.recipes.lf2 import build_lf2
+    from reidkern.models.lf2 import lf2_osnet_x0_25
+
+    torch.manual_seed(1)
+    src = lf2_osnet_x0_25(num_classes=6)
+    path = str(tmp_path / "last.pt")
+    save_checkpoint(path, recipe="lf2-source-osnet", model=src.state_dict())
+    with pytest.warns(UserWarning, match=r"another number of identities[\s\S]*classifier\.weight', \(6, 128\), \(9, 128\)"):
+        model = build_lf2(backbone="osnet_x0_25", num_clusters=9, source_weights=path)
+    for name, v in model.student.state_dict().items():
+        if name == "classifier.weight":
+            assert v.shape == (9, 128)
+        else:
+            assert torch.equal(v, src.state_dict()[name]), name
+    with pytest.raises(ValueError, match=r"source_weights: [\s\S]*weights do not match LF2Net"):
+        build_lf2(backbone="osnet_x0_25", num_clusters=9, source_weights=LF2Net(TinyTrunk(), 16, 6).state_dict())

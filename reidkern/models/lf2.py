@@ -137,6 +137,9 @@ class LF2Net(nn.Module):
         part_init.
     """
 
+    # Skipped when a checkpoint has another number of classes (reidkern.models.weights.load_weights).
+    id_classifier_prefixes = ("classifier.",)
+
     def __init__(self, backbone: nn.Module, channels: int, num_classes: int = 0, reduction: int = 4,
                  pooling: str = "avgmax", part_init: str = "kaiming"):
         super().__init__()

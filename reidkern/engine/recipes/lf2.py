@@ -50,13 +50,15 @@ def build_lf2(num_classes: int = 0, *, backbone: str = "resnet50", weights=None,
         backbone: ``"resnet50"`` (the paper's) or ``"osnet_x0_25"`` (LF2 heads on OSNet).
         weights: backbone weights (torchvision ResNet-50 file, or OSNet ``.onnx`` / torchreid
             ``.pth``), used when ``source_weights`` is None.
-        source_weights: a stage-1 ``lf2-source`` checkpoint's model state_dict (or file) to start
-            from (official: both networks from the source model; heads it lacks keep their init).
+        source_weights: a stage-1 ``lf2-source`` checkpoint (file, or its model state_dict) to start
+            from (official: both networks from the source model). Its classifier (source identities)
+            is skipped when its size differs, with a UserWarning; any other mismatch raises.
         head_kwargs: ``pooling`` / ``part_init`` of :class:`~reidkern.models.lf2.LF2Net` (OSNet's
             defaults: GAP and identity part projections; ResNet-50's: the official head).
 
     Raises:
-        ValueError: unknown backbone, bad head arguments.
+        ValueError: unknown backbone, bad head arguments, ``source_weights`` not of this backbone
+            and head (the message names it and the differing keys).
     """
     if backbone == "resnet50":
         net = lf2_resnet50(num_classes=num_clusters, weights=weights, **head_kwargs)
@@ -65,13 +67,16 @@ def build_lf2(num_classes: int = 0, *, backbone: str = "resnet50", weights=None,
     else:
         raise ValueError(f"backbone: expected 'resnet50' or 'osnet_x0_25', got {backbone!r}")
     if source_weights is not None:
-        state = torch.load(source_weights, map_location="cpu", weights_only=True) \
-            if isinstance(source_weights, str) else source_weights
-        state = state.get("model", state)
-        own = net.state_dict()
-        keep = {k: v for k, v in state.items()
-                if k in own and own[k].shape == v.shape and not k.startswith("classifier.")}
-        net.load_state_dict(keep, strict=False)
+        # The shared rule (reidkern.models.weights.load_weights): the source classifier (source
+        # identities) is skipped when its size differs from num_clusters — set_classifier replaces
+        # it from the cluster centres every epoch anyway — and any other difference raises (it
+        # used to be dropped silently, leaving e.g. a whole trunk at random init).
+        from reidkern.models.weights import load_weights
+
+        try:
+            load_weights(net, source_weights, ignore_prefixes=("classifier.",) if net.classifier is None else ())
+        except ValueError as exc:
+            raise ValueError(f"source_weights: not an lf2-source checkpoint of this backbone: {exc}") from exc
     return LF2(net)
 
 
