@@ -234,3 +234,34 @@ def test_image_tokens_options_and_distilled_checkpoint():
     assert res(torch.randn(1, 3, 64, 32)).shape == (1, 4 * 2, 384)
     with pytest.raises(ValueError, match="image_backbone"):
         LGURImageTokens("vgg16")
+
+
+def test_checkpoint_of_another_number_of_identities_skips_only_the_classifiers(tmp_path, monkeypatch):
+    """``reidkern train lgur --weights`` of an LGUR trained on another dataset: everything loads
+    but the prototype classifiers, which keep their fresh init and are reported; other mismatches
+    raise naming ``weights``."""
+    import reidkern.engine.recipes.lgur as lgur_recipe
+    from reidkern.engine.checkpoint import save_checkpoint
+
+    src = _tiny(seed=2, num_classes=7)
+    path = str(tmp_path / "other_dataset.pt")
+    save_checkpoint(path, recipe="lgur", model=src.state_dict())
+    fresh = _tiny(seed=3).state_dict()
+    heads = {f"classifiers.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
+    monkeypatch.setattr(lgur_recipe, "text_encoder_folder", lambda enc: enc)  # a module, not a folder
+    torch.manual_seed(3)  # as _tiny(seed=3): the same draws in the same order
+    dim = 16
+    vit = _TinyViT(dim)
+    with pytest.warns(UserWarning, match=r"another number of identities[\s\S]*classifiers\.0\.weight', \(7, 8\), \(5, 8\)"):
+        dst = lgur_recipe.build_model(
+            5, text_encoder=_tiny_text(dim), weights=path, image_backbone=vit, dim=dim, num_atoms=10,
+            dga_heads=2, dga_head_dim=8, dga_ffn_dim=24, num_prototypes=3, pgu_layers=2, pgu_heads=2,
+            pgu_head_dim=12, pgu_ffn_dim=20, out_dim=8)
+    for k, v in dst.state_dict().items():
+        assert torch.equal(v, fresh[k] if k in heads else src.state_dict()[k]), k
+    res = _tiny(num_classes=5).load_weights(src.state_dict())
+    assert res.ok and {k for k, _, _ in res.skipped_keys} == heads
+    with pytest.raises(ValueError, match=r"weights do not match LGUR[\s\S]*pgu"):
+        _tiny(num_classes=5).load_weights(_tiny(num_classes=7, out_dim=12).state_dict())
+    with pytest.raises(TypeError, match="weights: not an LGUR checkpoint"):
+        _tiny().load_weights({"patch_embed.proj.weight": torch.zeros(1)})

@@ -143,6 +143,10 @@ class LGUR(nn.Module):
         encoder's vocabulary, empty captions, or image and text batches of different sizes.
     """
 
+    # Skipped when a checkpoint was trained on another number of identities
+    # (reidkern.models.weights.load_weights).
+    id_classifier_prefixes = ("classifiers.",)
+
     def __init__(self, num_classes: int, text_encoder, image_backbone: Union[str, nn.Module] = "deit_small",
                  img_size=(384, 128), distilled: bool = False, drop_path_rate: float = 0.1, dim: int = 384,
                  num_atoms: int = 400, dga_heads: int = 6, dga_head_dim: int = 64, dga_ffn_dim: int = 768,
@@ -180,6 +184,31 @@ class LGUR(nn.Module):
             nn.init.normal_(c.weight, std=0.001)
             nn.init.zeros_(c.bias)
         self.ranking = CrossModalRankingLoss(margin=margin, reduction="sum")
+
+    # ---- weights ---------------------------------------------------------------------------
+    def load_weights(self, weights, strict: bool = True):
+        """Load, by what the checkpoint holds (a local file, a reidkern training checkpoint or a
+        state_dict):
+
+        * this class's state_dict (``dga.*``, ``pgu.*``, ...): the whole model; trained on another
+          number of identities, the prototype classifiers (``classifiers.*``) are skipped with a
+          ``UserWarning`` and keep their fresh initialisation (``reidkern.models.weights``);
+        * anything else: ImageNet weights of the image backbone
+          (:meth:`LGURImageTokens.load_weights`: timm/DeiT or torchvision ResNet-50).
+
+        Returns the ``LoadResult``. Raises ValueError naming ``weights`` for a mismatch other than
+        the classifiers' size (e.g. another text encoder, dim or number of prototypes);
+        TypeError when the image backbone is a custom module and the checkpoint is not an LGUR one.
+        """
+        from .weights import as_state_dict, load_weights
+
+        sd = as_state_dict(weights)
+        if any(k.startswith(("dga.", "pgu.")) for k in sd):
+            return load_weights(self, sd, strict=strict)
+        if not isinstance(self.image_encoder, LGURImageTokens):
+            raise TypeError("weights: not an LGUR checkpoint, and the image backbone is a custom module "
+                            "(load its weights into model.image_encoder yourself)")
+        return self.image_encoder.load_weights(sd, strict=strict)
 
     # ---- inputs ----------------------------------------------------------------------------
     def tokenize(self, captions: Sequence[str]) -> Dict[str, torch.Tensor]:

@@ -45,10 +45,16 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def build_model(num_classes: int, text_encoder=None, **kwargs):
+def build_model(num_classes: int, text_encoder=None, weights=None, **kwargs):
+    """``LGUR(num_classes, encoder folder, **kwargs)``; ``weights`` (``reidkern train lgur
+    --weights``): an LGUR checkpoint (its classifiers skipped when trained on another number of
+    identities) or the image backbone's ImageNet weights (see :meth:`reidkern.models.LGUR.load_weights`)."""
     from reidkern.models.lgur import LGUR
 
-    return LGUR(num_classes, text_encoder_folder(text_encoder), **kwargs)
+    model = LGUR(num_classes, text_encoder_folder(text_encoder), **kwargs)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
 
 
 def compute_loss(model, batch: Dict[str, torch.Tensor]):
