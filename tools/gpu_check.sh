@@ -68,6 +68,20 @@ out="$PWD/benchmarks/results/$device"
 [ "$DRY" = 1 ] && out="$(mktemp -d)/$device"  # a dry run leaves nothing in the checkout
 mkdir -p "$out"
 say "device $device; $versions; results in $out"
+# What the build and the compiled-Triton tests need, checked before minutes go into the build (a
+# missing piece would otherwise show up as a failed build or as silently skipped Triton cases).
+missing=()
+command -v cmake >/dev/null || missing+=("cmake")
+command -v ninja >/dev/null || missing+=("ninja")
+[ -x "${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}" ] || missing+=("nvcc")
+"$PY" -c "import pybind11" 2>/dev/null || missing+=("pybind11 (a wheel in .whl/)")
+"$PY" -c "import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" \
+  2>/dev/null || missing+=("Python.h of $("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')")
+"$PY" -c "import triton" 2>/dev/null || missing+=("triton (the compiled-Triton tests)")
+if [ ${#missing[@]} -gt 0 ]; then
+  say "FAILED: missing on this machine: ${missing[*]}"
+  [ "$DRY" = 1 ] || exit 1
+fi
 
 run() {  # run NAME TIMEOUT LOG CMD...: one step, time-boxed, logged, its outcome in the summary
   local name=$1 limit=$2 log=$3; shift 3
@@ -84,7 +98,7 @@ run() {  # run NAME TIMEOUT LOG CMD...: one step, time-boxed, logged, its outcom
 }
 
 # ---- 1. build for sm_90 with the machine's torch ------------------------------------------------
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 export PY NVCC
 build() {
   local prefix bt=build/gpu_check
