@@ -235,3 +235,31 @@ def test_topk_aggregate_part_with_underflowed_scores(backend):
     if backend == "cpp":  # (the eager reference divides the gradient by Z: inf · 0 there)
         grad, = torch.autograd.grad(parts.sum(), tokens)
         assert torch.isfinite(grad).all()
+
+
+def test_checkpoint_of_another_number_of_identities_skips_only_the_classifiers(tmp_path):
+    """``reidkern train cal --weights`` of a CAL trained on another dataset (a reidkern training
+    checkpoint, MatchDistill record included): every tensor loads but the identity classifiers,
+    which keep their fresh init and are reported; other mismatches raise naming ``weights``."""
+    from reidkern.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(4)
+    src = CAL(7, num_parts=3, alpha=0.6, pool_sizes=(1, 3), score_channels=8, attn_dim=8, mlp_hidden=16)
+    src.match_record.update(torch.tensor([2, 0, 1]))
+    src.freeze_matching()
+    path = str(tmp_path / "other_dataset.pt")
+    save_checkpoint(path, recipe="cal", model=src.state_dict())
+    torch.manual_seed(5)
+    fresh = _small_cal().state_dict()
+    torch.manual_seed(5)
+    with pytest.warns(UserWarning, match=r"another number of identities[\s\S]*classifier\.weight', \(7, 2048\), \(5, 2048\)"):
+        dst = _small_cal(weights=path)
+    heads = {k for k in fresh if k.startswith(CAL.id_classifier_prefixes)}
+    assert len(heads) == 2 + 2 * 3 * 2
+    for k, v in dst.state_dict().items():
+        if k != "_extra_state":
+            assert torch.equal(v, fresh[k] if k in heads else src.state_dict()[k]), k
+    assert dst.match_record.total() == 0 and dst.test_matching().tolist() == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"weights do not match CAL[\s\S]*drm\.0"):
+        _small_cal().load_weights(CAL(7, num_parts=4, alpha=0.6, pool_sizes=(1, 3), score_channels=8,
+                                      attn_dim=8, mlp_hidden=16).state_dict())

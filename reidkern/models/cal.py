@@ -77,8 +77,8 @@ class CAL(nn.Module):
             unverified).
         split_after: last modality-specific backbone stage ("stem" = AGW's split, default).
         last_stride: layer4 stride (1: 288×144 → 18×9 tokens).
-        weights: optional local torchvision ResNet-50 checkpoint (copied into both streams; the CLI's
-            ``--weights``).
+        weights: optional local weights, the CLI's ``--weights`` (see :meth:`load_weights`): a
+            torchvision ResNet-50 checkpoint (copied into both streams) or a CAL checkpoint.
         backend: reidkern op backend ("cpp", "cuda", "triton", "reference"; None = device default).
 
     Forward ``model(img, modality, pids=None, partner=None)``:
@@ -99,6 +99,10 @@ class CAL(nn.Module):
             (construction); img too small for the pools, top_k > HW, modality values other than
             0/1, missing pids in train mode, an identity without both modalities (forward).
     """
+
+    # Every identity classifier (global, refined parts, the DRM's per-part Φ_k): skipped when a
+    # checkpoint was trained on another number of identities (reidkern.models.weights.load_weights).
+    id_classifier_prefixes = ("classifier.", "part_classifier.", "drm_classifiers.")
 
     def __init__(self, num_classes, num_parts=6, alpha=0.5, top_k=None, pool_sizes=(1, 3, 5),
                  score_channels=256, attn_dim=256, mlp_hidden=512, margin=0.5, pcl_reduction="mean",
@@ -123,8 +127,7 @@ class CAL(nn.Module):
                            lambda_kd1=lambda_kd1, lambda_kd2=lambda_kd2, lambda_dis=lambda_dis,
                            lambda_div=lambda_div, split_after=split_after, last_stride=last_stride)
 
-        self.backbone = two_stream_resnet50(last_stride=last_stride, weights=weights,
-                                            split_after=split_after)
+        self.backbone = two_stream_resnet50(last_stride=last_stride, split_after=split_after)
         # One DRM per modality (the paper's ablation: a shared DRM is worse).
         self.drm = nn.ModuleList(
             TopKTokenAggregation(_FEAT, num_parts, alpha, pool_sizes, score_channels, backend, top_k)
@@ -150,6 +153,31 @@ class CAL(nn.Module):
         self.register_buffer("matching_frozen", torch.zeros((), dtype=torch.bool))
         self.match_record = MatchingRecord(num_parts)
         self.last_matching = None
+        if weights is not None:
+            self.load_weights(weights)
+
+    # --- weights --------------------------------------------------------------------------------
+    def load_weights(self, weights, strict=True):
+        """Load, by what the checkpoint holds (a local file, a reidkern training checkpoint or a
+        state_dict):
+
+        * a CAL state_dict (``drm.*``, ``tsaa.*``, ...): the whole model. Trained on another
+          number of identities (fine-tuning on another dataset), the identity classifiers
+          (``classifier``, ``part_classifier``, ``drm_classifiers``) are skipped with a
+          ``UserWarning`` and keep their fresh initialisation. The MatchDistill record (extra
+          state) belongs to the checkpoint's run and is not loaded; the ``matching`` buffers are.
+        * anything else: the backbone (:meth:`TwoStreamResNet50.load_weights`: a torchvision
+          ResNet-50, copied into both streams, or a two-stream state_dict).
+
+        Returns the ``LoadResult``. Raises ValueError naming ``weights`` for any other mismatch
+        (e.g. another ``num_parts`` or ``split_after``) or a checkpoint of another model.
+        """
+        from reidkern.models.weights import as_state_dict, load_weights
+
+        sd = as_state_dict(weights)
+        if any(k.startswith(("drm.", "tsaa.")) for k in sd):
+            return load_weights(self, sd, strict=strict)
+        return self.backbone.load_weights(sd, strict=strict)
 
     # --- MatchDistill record (travels in the state_dict as extra state) -------------------------
     def get_extra_state(self):

@@ -6,7 +6,9 @@ One place for the rules every backbone follows:
   ``torch.load(weights_only=True)`` (no pickled code is run) and ``.safetensors`` files with
   the optional ``safetensors`` package. Common checkpoint wrappers are unwrapped: a dict whose
   ``"state_dict"``, ``"model"``, ``"model_state"``, ``"model_state_dict"`` or ``"module"`` entry
-  holds the tensors, and a ``"module."`` prefix left by ``nn.DataParallel``/DDP.
+  holds the tensors, and a ``"module."`` prefix left by ``nn.DataParallel``/DDP. A module's
+  extra state (``get_extra_state``: ``..._extra_state`` entries, e.g. CAL's MatchDistill record
+  of its training run) is not weights and is dropped.
 * ``load_weights(module, weights, strict=True)`` compares keys and shapes first and raises one
   ``ValueError`` that lists every missing, unexpected and shape-mismatched key; with
   ``strict=False`` it loads what matches, warns, and returns the same lists in a
@@ -77,10 +79,16 @@ def _listing(title: str, items: Sequence) -> str:
     return f"\n  {title} ({len(items)}): {shown}{more}"
 
 
+def _is_extra_state(key) -> bool:
+    """torch's key for a module's ``get_extra_state()`` (any object, not a tensor)."""
+    return isinstance(key, str) and (key == "_extra_state" or key.endswith("._extra_state"))
+
+
 def _unwrap(obj, source: str) -> dict:
     """Find the flat ``{name: Tensor}`` dict inside a loaded checkpoint object."""
     for _ in range(3):
-        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) or _is_extra_state(k)
+                                                    for k, v in obj.items()):
             break
         if isinstance(obj, Mapping):
             inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
@@ -90,12 +98,14 @@ def _unwrap(obj, source: str) -> dict:
         break
     if not isinstance(obj, Mapping) or not obj:
         raise ValueError(f"{source}: expected a state_dict (a non-empty dict of tensors), got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor) and not _is_extra_state(k)]
     if bad:
         raise ValueError(
             f"{source}: not a state_dict: entries that are not tensors: {bad[:_MAX_LISTED]}"
         )
-    sd = dict(obj)
+    sd = {k: v for k, v in obj.items() if not _is_extra_state(k)}
+    if not sd:
+        raise ValueError(f"{source}: expected a state_dict (a non-empty dict of tensors), got extra state only")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -212,7 +222,7 @@ def load_weights(
     ignored = sorted(k for k in sd if prefixes and k.startswith(prefixes))
     sd = {k: v for k, v in sd.items() if k not in set(ignored)}
 
-    target = module.state_dict()
+    target = {k: v for k, v in module.state_dict().items() if not _is_extra_state(k)}
     missing = sorted(
         k for k in target if k not in sd and not k.endswith(_OPTIONAL_SUFFIXES)
     )
