@@ -124,6 +124,37 @@ def test_load_weights_non_strict_reports_and_loads_matching():
     assert torch.all(m.bn.weight == 1)  # mismatched key left alone
 
 
+def test_load_weights_id_classifier_rule():
+    """Only a tensor under ``id_classifier_prefixes`` with the same rank and another size is
+    skipped (left at its init, reported); a rank change or any other key still raises; a
+    module's extra state is neither read nor required."""
+    class Head(Tiny):
+        id_classifier_prefixes = ("a.",)
+
+        def get_extra_state(self):
+            return {"count": torch.tensor(3)}
+
+        def set_extra_state(self, state):
+            raise AssertionError("extra state must not be loaded")
+
+    m = Head()
+    before = m.a.weight.detach().clone()
+    sd = {k: torch.full_like(v, 2.0) if v.is_floating_point() else v for k, v in m.state_dict().items()
+          if k != "_extra_state"}
+    sd["a.weight"], sd["a.bias"] = torch.ones(6, 3), torch.ones(6)  # 6 classes instead of 4
+    sd["_extra_state"] = {"count": torch.tensor(9)}
+    with pytest.warns(UserWarning, match=r"another number of identities[\s\S]*a\.weight', \(6, 3\), \(4, 3\)"):
+        res = load_weights(m, sd)
+    assert res.ok and res.skipped_keys == [("a.bias", (6,), (4,)), ("a.weight", (6, 3), (4, 3))]
+    assert torch.equal(m.a.weight, before) and torch.all(m.bn.weight == 2)
+    with pytest.raises(ValueError, match=r"a\.weight', \(6, 3, 1\), \(4, 3\)"):  # rank differs
+        load_weights(m, {**sd, "a.weight": torch.ones(6, 3, 1)})
+    with pytest.raises(ValueError, match=r"bn\.weight"):  # outside the prefixes
+        load_weights(m, {**sd, "bn.weight": torch.ones(5)})
+    with pytest.raises(ValueError, match=r"a\.weight"):  # the rule is opt-in per module
+        load_weights(m, sd, id_classifier_prefixes=())
+
+
 def test_load_weights_bad_types():
     with pytest.raises(TypeError, match="weights"):
         load_weights(Tiny(), 3)
