@@ -200,7 +200,9 @@ def add_commands(sub) -> None:
             p.add_argument("--data", required=True, help="dataset folder")
         if checkpoint is not None:
             p.add_argument("--checkpoint", required=checkpoint, default=None, help="a reidkern checkpoint (.pt)")
-        p.add_argument("--weights", default=None, help="backbone weights file (overrides the recipe's)")
+        p.add_argument("--weights", default=None, help="weights to start from (overrides the recipe's): backbone "
+                       "weights, or for la_transformer/dpti/cal/lgur a checkpoint of the model (identity "
+                       "classifiers of another size are skipped)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
         p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
         p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
