@@ -9,6 +9,7 @@ from reidkern.nn import (DictionaryCrossAttention, PartTemplateInit, PrototypeUn
                          TargetAwareAttention, TemplateCrossAttention, TopKTokenAggregation)
 from reidkern.nn.attention import reference as attn_ref
 from reidkern.nn.attention.folded_norm import folded_norm_attention
+from reidkern.nn.attention.headwise import headwise_matmul
 from reidkern.testing import assert_close, device_backend_cases
 
 NATIVE = reidkern.build_info()["native"]
@@ -190,6 +191,22 @@ def test_folded_norm_attention_gradcheck():
         u, _ = folded_norm_attention(q, x, 1e-5, 0.7)
         (gq,) = torch.autograd.grad(u.square().sum(), q, create_graph=True)
         gq.sum().backward()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7])
+def test_headwise_matmul_equals_einsum(rows):
+    # the in-place per-head GEMMs of the folded attention: values and both gradients, on a strided
+    # x (a head slice of a wider tensor) as the folded path gives it
+    g = _g(13)
+    x = torch.randn(rows, 3, 9, generator=g, dtype=torch.float64)[:, :, 1:6].requires_grad_()
+    w = torch.randn(3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    y = headwise_matmul(x, w)
+    assert y.shape == (rows, 3, 4) and y.is_contiguous()
+    assert_close(y, torch.einsum("rhk,hkn->rhn", x, w), rtol=1e-12, atol=1e-12)
+    if rows:
+        assert torch.autograd.gradcheck(headwise_matmul, (x, w))
+    (gx,) = torch.autograd.grad(headwise_matmul(x, w.detach()).sum(), x)  # x alone needs a gradient
+    assert_close(gx, w.detach().sum(-1).expand(rows, -1, -1), rtol=1e-12, atol=1e-12)
 
 
 def _standard_cases():

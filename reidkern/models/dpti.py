@@ -196,9 +196,19 @@ class DPTI(nn.Module):
             parts = parts * (self.num_parts * rho).unsqueeze(-1)
         return torch.cat([parts.flatten(1), glob], dim=1)
 
+    def reduce_tokens(self, mid: torch.Tensor) -> torch.Tensor:
+        """F_l [B, C_mid, h, w] → the d-channel tokens [B, h·w, d]: ``reduce_norm(reduce(F_l))``.
+
+        The 1×1 conv runs as one GEMM that writes the tokens in the encoder's layout, and the norm
+        runs on that memory (a channels-last view): on the CPU, mkldnn's 1×1 convolution backward
+        is slower than the GEMMs, and its [B, d, h, w] output would be transposed for the encoder.
+        """
+        t = F.linear(mid.flatten(2).transpose(1, 2), self.reduce.weight.flatten(1), self.reduce.bias)
+        return self.reduce_norm(t.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+
     def forward_head(self, mid: torch.Tensor, final: torch.Tensor):
         """Everything after the backbone (see the class docstring for the outputs)."""
-        tokens = self.reduce_norm(self.reduce(mid)).flatten(2).transpose(1, 2)  # [B, h·w, d]
+        tokens = self.reduce_tokens(mid)
         for layer in self.encoder:
             tokens = layer(tokens)  # A_l
         templates, rho = self.templates(tokens)  # Eq. 5–6; ρ = softmax_i(mean_j γ_ij)

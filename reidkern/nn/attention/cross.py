@@ -7,6 +7,7 @@ from reidkern.ops import _validate as V
 from reidkern.ops.template_attention import template_attention
 
 from .folded_norm import folded_norm_attention
+from .headwise import headwise_matmul
 
 
 class TemplateCrossAttention(nn.Module):
@@ -137,15 +138,18 @@ class TemplateCrossAttention(nn.Module):
         w_v = self.to_v.weight.view(H, hd, cdim)
         if norm.weight is not None:  # the norm's weight on the [H, hd, c] weights, not on [B, ...]
             w_k, w_v = w_k * norm.weight, w_v * norm.weight
-        g = torch.einsum("bnhd,hdc->bhnc", q.view(B, Nq, H, hd), w_k).reshape(B, H * Nq, cdim)
+        # rows ordered (query, head): each head's rows are a strided matrix, so the per-head GEMMs
+        # read and write in place (headwise.py), where an einsum copied to and from head-major
+        g = headwise_matmul(q.view(B * Nq, H, hd), w_k).view(B, Nq * H, cdim)
         scale = self.scale if self.scale is not None else hd ** -0.5
-        u, p = folded_norm_attention(g, x, norm.eps, scale)  # Σ_j p_j n_j [B, H·Nq, c], p [B, H·Nq, L]
-        out = torch.einsum("bhnc,hdc->bhnd", u.view(B, H, Nq, cdim), w_v)  # [B, H, Nq, hd]
+        u, p = folded_norm_attention(g, x, norm.eps, scale)  # Σ_j p_j n_j [B, Nq·H, c], p [B, Nq·H, L]
+        out = headwise_matmul(u.view(B * Nq, H, cdim), w_v.transpose(1, 2))  # [B·Nq, H, hd]
         if norm.bias is not None:  # W_v b: Σ_j p_j = 1
-            out = out + (self.to_v.weight @ norm.bias).view(1, H, 1, hd)
+            out = out + (self.to_v.weight @ norm.bias).view(1, H, hd)
         if self.to_v.bias is not None:
-            out = out + self.to_v.bias.view(1, H, 1, hd)
-        weights = p.view(B, H, Nq, x.shape[1]) if return_weights else None
+            out = out + self.to_v.bias.view(1, H, hd)
+        out = out.view(B, Nq, H, hd).transpose(1, 2)  # [B, H, Nq, hd] view, as the other paths
+        weights = p.view(B, Nq, H, x.shape[1]).transpose(1, 2) if return_weights else None
         return out, weights
 
     def _heads(self, x):  # [N, L, inner] -> [N, H, L, hd] view (unit stride on hd)

@@ -29,7 +29,7 @@ def _token_stats(x, eps):
     var = torch.empty_like(mu)
     for b in range(x.shape[0]):
         d = x[b] - mu[b].unsqueeze(-1)
-        torch.mean(d * d, dim=-1, out=var[b])
+        torch.mean(d.mul_(d), dim=-1, out=var[b])
     return mu, torch.rsqrt(var + eps)
 
 
@@ -41,8 +41,7 @@ class _FoldedNormAttention(torch.autograd.Function):
         tc = torch.baddbmm(gs * mu.unsqueeze(1), g, x.transpose(1, 2), beta=-1) * scale  # σ·S
         p = torch.softmax(tc * rstd.unsqueeze(1), dim=-1)  # [B, M, L]
         r = p * rstd.unsqueeze(1)
-        # the rank-one mean term as baddbmm's input: no separate pass over the [B, M, C] result
-        u = torch.baddbmm(-(r * mu.unsqueeze(1)).sum(-1, keepdim=True), r, x)  # [B, M, C]
+        u = torch.bmm(r, x).sub_((r * mu.unsqueeze(1)).sum(-1, keepdim=True))  # [B, M, C]
         ctx.save_for_backward(g, gs, x, mu, rstd, tc, p)
         ctx.scale = scale
         return u, p
@@ -63,7 +62,9 @@ class _FoldedNormAttention(torch.autograd.Function):
         d_s = p * (d_p - (p * d_p).sum(-1, keepdim=True))
         d_t = d_s * rstd1 * ctx.scale  # gradient of g_i · x_j
         r = p * rstd1
-        grad_g = torch.baddbmm(-(d_t * mu1).sum(-1, keepdim=True), d_t, x)
+        # the rank-one mean terms subtracted in place: as baddbmm's broadcast input they cost a
+        # copy of the whole [B, M, C] result before the GEMM
+        grad_g = torch.bmm(d_t, x).sub_((d_t * mu1).sum(-1, keepdim=True))
         # μ and σ: S and U depend on them; dσ⁻¹/dx_jc = −σ_j⁻³ (x_jc − μ_j) / C
         d_mu = -(d_t * gs).sum(1) - (r * du_sum).sum(1)  # [B, L]
         d_rstd = (d_s * tc).sum(1) + (d_r * p).sum(1)
