@@ -8,8 +8,8 @@ import reidkern
 from reidkern.nn import (DictionaryCrossAttention, PartTemplateInit, PrototypeUnification,
                          TargetAwareAttention, TemplateCrossAttention, TopKTokenAggregation)
 from reidkern.nn.attention import reference as attn_ref
-from reidkern.nn.attention.folded_norm import folded_norm_attention
-from reidkern.nn.attention.headwise import headwise_matmul
+from reidkern.nn.attention import folded_norm
+from reidkern.nn.attention.folded_norm import folded_part_attention
 from reidkern.testing import assert_close, device_backend_cases
 
 NATIVE = reidkern.build_info()["native"]
@@ -154,15 +154,18 @@ def test_folded_projections_equal_projected(backend, q_batch, c_batch):
 
 @pytest.mark.parametrize("layout", ["channels_first", "tokens_first"])
 @pytest.mark.parametrize("qkv_bias", [False, True])
-def test_folded_norm_path_equals_projected(layout, qkv_bias, monkeypatch):
+@pytest.mark.parametrize("chunk_bytes", [1, 4000, folded_norm._CHUNK_BYTES])  # 1, 2, 3 samples
+def test_folded_norm_path_equals_projected(layout, qkv_bias, chunk_bytes, monkeypatch):
     # Per-sample queries over per-sample tokens without padding (DPTI's part attention) take the
     # CPU path with the context's LayerNorm folded in (nn/attention/folded_norm.py): the same
     # function as the projected path, float64, values, weights and every gradient, whether the
-    # context is a transposed [B, C, L] map (answered in that layout) or contiguous [B, L, C].
+    # context is a transposed [B, C, L] map (answered in that layout) or contiguous [B, L, C],
+    # and whether the batch runs one sample, two samples or all at a time.
     from reidkern.nn.attention import cross
     calls = []
-    monkeypatch.setattr(cross, "folded_norm_attention",
-                        lambda *a: calls.append(1) or folded_norm_attention(*a))
+    monkeypatch.setattr(folded_norm, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(cross, "folded_part_attention",
+                        lambda *a: calls.append(1) or folded_part_attention(*a))
     torch.manual_seed(9)
     layer = TemplateCrossAttention(12, num_heads=3, head_dim=5, context_dim=20, shared_norm=False,
                                    qkv_bias=qkv_bias, ffn_dim=10).double()
@@ -180,33 +183,19 @@ def test_folded_norm_path_equals_projected(layout, qkv_bias, monkeypatch):
     assert len(calls) == 1  # the folded call took the folded-norm path, the projected one did not
 
 
-def test_folded_norm_attention_gradcheck():
+def test_folded_part_attention_gradcheck(monkeypatch):
+    monkeypatch.setattr(folded_norm, "_CHUNK_BYTES", 2 * (2 * 2) * 7 * 8)  # chunks of 2 + 1 samples
     g = _g(12)
-    q = torch.randn(2, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
-    for x in (torch.randn(2, 7, 4, generator=g, dtype=torch.float64).transpose(1, 2),
-              torch.randn(2, 4, 7, generator=g, dtype=torch.float64)):
+    d = dict(generator=g, dtype=torch.float64)
+    q = torch.randn(3, 2, 2, 3, **d).requires_grad_()  # [B, Nq, H, hd]
+    w_k, w_v = (torch.randn(2, 3, 7, **d).requires_grad_() for _ in range(2))
+    for x in (torch.randn(3, 7, 4, **d).transpose(1, 2), torch.randn(3, 4, 7, **d)):
         x = x.detach().requires_grad_()
-        assert torch.autograd.gradcheck(lambda q, x: folded_norm_attention(q, x, 1e-5, 0.7), (q, x))
+        assert torch.autograd.gradcheck(lambda *a: folded_part_attention(*a, 1e-5, 0.7), (q, w_k, w_v, x))
     with pytest.raises(RuntimeError):  # the backward is once-differentiable, never silently wrong
-        u, _ = folded_norm_attention(q, x, 1e-5, 0.7)
-        (gq,) = torch.autograd.grad(u.square().sum(), q, create_graph=True)
+        out, _ = folded_part_attention(q, w_k, w_v, x, 1e-5, 0.7)
+        (gq,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
         gq.sum().backward()
-
-
-@pytest.mark.parametrize("rows", [0, 1, 7])
-def test_headwise_matmul_equals_einsum(rows):
-    # the in-place per-head GEMMs of the folded attention: values and both gradients, on a strided
-    # x (a head slice of a wider tensor) as the folded path gives it
-    g = _g(13)
-    x = torch.randn(rows, 3, 9, generator=g, dtype=torch.float64)[:, :, 1:6].requires_grad_()
-    w = torch.randn(3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    y = headwise_matmul(x, w)
-    assert y.shape == (rows, 3, 4) and y.is_contiguous()
-    assert_close(y, torch.einsum("rhk,hkn->rhn", x, w), rtol=1e-12, atol=1e-12)
-    if rows:
-        assert torch.autograd.gradcheck(headwise_matmul, (x, w))
-    (gx,) = torch.autograd.grad(headwise_matmul(x, w.detach()).sum(), x)  # x alone needs a gradient
-    assert_close(gx, w.detach().sum(-1).expand(rows, -1, -1), rtol=1e-12, atol=1e-12)
 
 
 def _standard_cases():

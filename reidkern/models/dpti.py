@@ -37,8 +37,9 @@ class SpatialEncoder(nn.Module):
     Linear(ffn_dim, d) (the paper says only "a feed-forward network": width and activation are
     unverified).
 
-    state_dict names: ``qkv`` (Linear(d, 3d, bias=False); rows = [W_q; W_k; W_v], one GEMM for the
-    three projections), ``ffn.0``, ``ffn.3``.
+    state_dict names: ``qkv`` (Linear(d, 3d, bias=False); rows = [W_q; W_k; W_v]), ``ffn.0``,
+    ``ffn.3``. The three projections run as three GEMMs on views of that weight: with one GEMM,
+    the backward stacks SDPA's three gradients into a copy of the [B, L, 3d] output.
     Shapes: tokens [B, L, d] → [B, L, d]. Raises ValueError when d is not divisible by num_heads.
     """
 
@@ -49,13 +50,15 @@ class SpatialEncoder(nn.Module):
         ffn_dim = 2 * dim if ffn_dim is None else ffn_dim
         self.dim, self.num_heads = dim, num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
+        # not in place: on the Linear's output (a view) an in-place ReLU costs a zero-filled
+        # copy of the hidden activations in the backward
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(ffn_dim, dim))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         B, L, d = f.shape
         H = self.num_heads
-        q, k, v = self.qkv(f).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (F.linear(f, w).view(B, L, H, d // H).transpose(1, 2) for w in self.qkv.weight.chunk(3))
         g = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, d)
         return self.ffn(g + f) + g
 

@@ -6,8 +6,7 @@ from torch import nn
 from reidkern.ops import _validate as V
 from reidkern.ops.template_attention import template_attention
 
-from .folded_norm import folded_norm_attention
-from .headwise import headwise_matmul
+from .folded_norm import folded_part_attention
 
 
 class TemplateCrossAttention(nn.Module):
@@ -120,16 +119,17 @@ class TemplateCrossAttention(nn.Module):
         return out, weights
 
     def _attend_folded_norm(self, q, x, norm, return_weights):
-        """The folded attention (``_attend_folded``) with the context's LayerNorm folded in too, as
-        batched GEMMs over the raw tokens x [B, L, c]; for per-sample queries and tokens without
-        padding (DPTI's part attention over the final ResNet map).
+        """The folded attention (``_attend_folded``) with the context's LayerNorm folded in too, run
+        a few samples at a time over the raw tokens x [B, L, c] (``folded_norm.py``); for
+        per-sample queries and tokens without padding (DPTI's part attention over the final ResNet
+        map).
 
         With ``n_j = (x_j − μ_j) / σ_j`` and ``LN(x_j) = w ⊙ n_j + b``, a folded query f (row of
         W_kᵀq) has ``f · LN(x_j) = ((f ⊙ w) · x_j − μ_j Σ(f ⊙ w)) / σ_j + f · b``, the last term the
         same for every key (it cancels in the softmax); and
         ``Σ_j p_j LN(x_j) = w ⊙ (Σ_j (p_j / σ_j) x_j − Σ_j p_j μ_j / σ_j) + b``. So neither the
-        normalised [B, L, c] tokens nor a contiguous copy of a transposed map is built: the two
-        GEMMs read x in the layout it has (``final.flatten(2).transpose(1, 2)`` is a view), and only
+        normalised [B, L, c] tokens nor a contiguous copy of a transposed map is built: the GEMMs
+        read x in the layout it has (``final.flatten(2).transpose(1, 2)`` is a view), and only
         the per-token statistics μ, σ [B, L] are new. Exact up to float rounding order.
         """
         H, hd = self.num_heads, self.head_dim
@@ -138,17 +138,13 @@ class TemplateCrossAttention(nn.Module):
         w_v = self.to_v.weight.view(H, hd, cdim)
         if norm.weight is not None:  # the norm's weight on the [H, hd, c] weights, not on [B, ...]
             w_k, w_v = w_k * norm.weight, w_v * norm.weight
-        # rows ordered (query, head): each head's rows are a strided matrix, so the per-head GEMMs
-        # read and write in place (headwise.py), where an einsum copied to and from head-major
-        g = headwise_matmul(q.view(B * Nq, H, hd), w_k).view(B, Nq * H, cdim)
         scale = self.scale if self.scale is not None else hd ** -0.5
-        u, p = folded_norm_attention(g, x, norm.eps, scale)  # Σ_j p_j n_j [B, Nq·H, c], p [B, Nq·H, L]
-        out = headwise_matmul(u.view(B * Nq, H, cdim), w_v.transpose(1, 2))  # [B·Nq, H, hd]
+        out, p = folded_part_attention(q.view(B, Nq, H, hd), w_k, w_v, x, norm.eps, scale)
         if norm.bias is not None:  # W_v b: Σ_j p_j = 1
-            out = out + (self.to_v.weight @ norm.bias).view(1, H, hd)
+            out = out + (self.to_v.weight @ norm.bias).view(H, hd)
         if self.to_v.bias is not None:
-            out = out + self.to_v.bias.view(1, H, hd)
-        out = out.view(B, Nq, H, hd).transpose(1, 2)  # [B, H, Nq, hd] view, as the other paths
+            out = out + self.to_v.bias.view(H, hd)
+        out = out.transpose(1, 2)  # [B, H, Nq, hd] view, as the other paths give
         weights = p.view(B, Nq, H, x.shape[1]).transpose(1, 2) if return_weights else None
         return out, weights
 
@@ -177,7 +173,7 @@ class TemplateCrossAttention(nn.Module):
         fold = self._fold(q_in.shape[0], c_in.shape[0], B, q_in.shape[1], c_in.shape[1], c_in.device)
         if (fold and c_in.device.type == "cpu" and key_padding_mask is None
                 and q_in.shape[0] == c_in.shape[0] == B and c_in.shape[1] > 0
-                and self.backend != "reference"):
+                and self.backend != "reference" and not torch.compiler.is_compiling()):
             # per-sample queries and tokens (DPTI's part attention): batched GEMMs with the norm
             # folded in (the fused op runs one small GEMM per (sample, head) on the CPU)
             out, weights = self._attend_folded_norm(q, c_in, cnorm, return_weights)

@@ -1,90 +1,149 @@
-"""Attention of a few folded queries over LayerNorm-ed tokens, with the norm folded in: batched
-GEMMs over the raw tokens and a hand-written backward (the CPU path of
+"""Multi-head attention of a few queries over LayerNorm-ed tokens with the key/value projections
+and the norm folded onto the queries, run a few samples at a time (the CPU path of
 :class:`reidkern.nn.TemplateCrossAttention` for per-sample queries and tokens, e.g. DPTI's part
 attention over the final ResNet map).
 
-With ``n_j = (x_j − μ_j) σ_j⁻¹`` (the LayerNorm before its affine part) and queries g (the
-``W_kᵀ q`` of the folded attention, already multiplied by the norm's weight):
+Head h's logits ``q_h · W_k,h LN(x_j)`` and output ``W_v,h Σ_j p_j LN(x_j)`` only need the tokens
+through ``g = W_k,hᵀ q_h`` and ``U = Σ_j p_j n_j``. With ``n_j = (x_j − μ_j) σ_j⁻¹`` (the LayerNorm
+before its affine part, whose weight is already in W_k and W_v):
 
     S_ij = scale · (g_i · x_j − μ_j Σ_c g_ic) / σ_j        (= scale · g_i · n_j)
-    P = softmax_j(S),   U_i = Σ_j P_ij n_j = Σ_j (P_ij / σ_j) x_j − Σ_j (P_ij / σ_j) μ_j
+    P = softmax_j(S),   U_i = Σ_j (P_ij / σ_j) x_j − Σ_j (P_ij / σ_j) μ_j,   out_i = W_v,h U_i
 
-so neither the normalised tokens nor a contiguous copy of a transposed map is built: the two
-forward GEMMs and the four backward ones read x in the layout it has, and only μ, σ [B, L] are
-new. The backward returns the gradient of x in x's own layout (for DPTI the [B, C, L] memory of
-the ResNet map), with the statistics' terms added in one pass.
+so neither the keys and values nor the normalised tokens are built. The rows i are the (query,
+head) pairs, so that each head's rows of g and U [B, Nq·H, C] are a strided matrix and the
+per-head projections are GEMMs over the whole batch that read and write in place. The
+statistics, logits, softmax and the [rows, L]-sized work run a few samples at a time, so that they
+stay in cache. The gradient of x comes back in x's own layout (for DPTI the [B, C, L] memory of
+the ResNet map). The backward is written by hand.
 """
 import torch
 from torch.autograd.function import once_differentiable
 
+# samples per chunk: about this many bytes of one chunk's [rows, C] slice
+_CHUNK_BYTES = 1 << 21
+
+
+def _per_head(a, w, out):
+    """``out[:, h] = a[:, h] @ w[h]`` for a [R, H, K] (any strides), w [H, K, N], out [R, H, N]:
+    head h's rows are a strided matrix, so each GEMM reads and writes in place."""
+    for h in range(w.shape[0]):
+        torch.mm(a[:, h], w[h], out=out[:, h])
+    return out
+
 
 def _token_stats(x, eps):
     """μ and 1/σ [B, L] of the tokens x [B, L, C] over C (LayerNorm's biased variance)."""
-    if torch.compiler.is_compiling() or x.shape[0] == 0:
-        var, mu = torch.var_mean(x, dim=-1, unbiased=False)
-        return mu, torch.rsqrt(var + eps)
-    # per sample: the centred squares of one sample stay in cache, where var_mean over the
-    # whole batch read a transposed map at a fraction of the memory bandwidth
     mu = x.mean(dim=-1)
     var = torch.empty_like(mu)
-    for b in range(x.shape[0]):
+    for b in range(x.shape[0]):  # one sample's centred squares stay in cache
         d = x[b] - mu[b].unsqueeze(-1)
         torch.mean(d.mul_(d), dim=-1, out=var[b])
     return mu, torch.rsqrt(var + eps)
 
 
-class _FoldedNormAttention(torch.autograd.Function):
+def _chunks(B, rows, C, itemsize):
+    step = max(1, _CHUNK_BYTES // max(1, rows * C * itemsize))
+    return [(b0, min(B, b0 + step)) for b0 in range(0, B, step)]
+
+
+class _FoldedPartAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, g, x, eps, scale):
-        mu, rstd = _token_stats(x, eps)  # [B, L]
-        gs = g.sum(-1, keepdim=True)  # [B, M, 1]
-        tc = torch.baddbmm(gs * mu.unsqueeze(1), g, x.transpose(1, 2), beta=-1) * scale  # σ·S
-        p = torch.softmax(tc * rstd.unsqueeze(1), dim=-1)  # [B, M, L]
-        r = p * rstd.unsqueeze(1)
-        u = torch.bmm(r, x).sub_((r * mu.unsqueeze(1)).sum(-1, keepdim=True))  # [B, M, C]
-        ctx.save_for_backward(g, gs, x, mu, rstd, tc, p)
+    def forward(ctx, q, w_k, w_v, x, eps, scale):
+        B, Nq, H, hd = q.shape
+        L, C = x.shape[1], x.shape[2]
+        M = Nq * H
+        qr = q.reshape(B * Nq, H, hd)
+        # the per-head projections over the whole batch: their GEMMs have only hd-deep products,
+        # and run far faster with all B·Nq rows at once than chunk by chunk
+        g_all = _per_head(qr, w_k, q.new_empty(B * Nq, H, C)).view(B, M, C)
+        u_all = q.new_empty(B, M, C)
+        p_all, tc_all = q.new_empty(B, M, L), q.new_empty(B, M, L)
+        mu_all, rstd_all = q.new_empty(B, L), q.new_empty(B, L)
+        for b0, b1 in _chunks(B, M, C, x.element_size()):
+            xc, g = x[b0:b1], g_all[b0:b1]
+            mu, rstd = _token_stats(xc, eps)
+            gs = g.sum(-1, keepdim=True)
+            tc = torch.baddbmm(gs * mu.unsqueeze(1), g, xc.transpose(1, 2), beta=-1).mul_(scale)  # σ·S
+            p = torch.softmax(tc * rstd.unsqueeze(1), dim=-1)
+            r = p * rstd.unsqueeze(1)
+            u = torch.bmm(r, xc, out=u_all[b0:b1])
+            u.sub_((r * mu.unsqueeze(1)).sum(-1, keepdim=True))  # [Bc, M, C]
+            mu_all[b0:b1], rstd_all[b0:b1], tc_all[b0:b1], p_all[b0:b1] = mu, rstd, tc, p
+        out = _per_head(u_all.view(B * Nq, H, C), w_v.transpose(1, 2), q.new_empty(B * Nq, H, hd))
+        ctx.save_for_backward(q, w_k, w_v, x, g_all, u_all, mu_all, rstd_all, tc_all, p_all)
         ctx.scale = scale
-        return u, p
+        return out.view(B, Nq, H, hd), p_all
 
     @staticmethod
     @once_differentiable  # μ, σ and P are saved as constants: no double backward
-    def backward(ctx, grad_u, grad_p):
-        g, gs, x, mu, rstd, tc, p = ctx.saved_tensors
-        C = x.shape[-1]
-        mu1, rstd1 = mu.unsqueeze(1), rstd.unsqueeze(1)  # [B, 1, L]
-        if grad_u is None:
-            grad_u = torch.zeros(p.shape[0], p.shape[1], C, dtype=p.dtype, device=p.device)
-        du_sum = grad_u.sum(-1, keepdim=True)  # [B, M, 1]
-        d_r = torch.bmm(grad_u, x.transpose(1, 2)) - du_sum * mu1  # [B, M, L]
-        d_p = d_r * rstd1
-        if grad_p is not None:
-            d_p = d_p + grad_p
-        d_s = p * (d_p - (p * d_p).sum(-1, keepdim=True))
-        d_t = d_s * rstd1 * ctx.scale  # gradient of g_i · x_j
-        r = p * rstd1
-        # the rank-one mean terms subtracted in place: as baddbmm's broadcast input they cost a
-        # copy of the whole [B, M, C] result before the GEMM
-        grad_g = torch.bmm(d_t, x).sub_((d_t * mu1).sum(-1, keepdim=True))
-        # μ and σ: S and U depend on them; dσ⁻¹/dx_jc = −σ_j⁻³ (x_jc − μ_j) / C
-        d_mu = -(d_t * gs).sum(1) - (r * du_sum).sum(1)  # [B, L]
-        d_rstd = (d_s * tc).sum(1) + (d_r * p).sum(1)
-        b = -d_rstd * rstd.pow(3) / C
-        a = d_mu / C - b * mu
-        if x.transpose(1, 2).is_contiguous():  # x is a transposed [B, C, L] map: answer in kind
-            gx = torch.bmm(g.transpose(1, 2), d_t)  # [B, C, L]
-            gx.baddbmm_(grad_u.transpose(1, 2), r)
-            gx.addcmul_(x.transpose(1, 2), b.unsqueeze(1)).add_(a.unsqueeze(1))
-            gx = gx.transpose(1, 2)
-        else:
-            gx = torch.bmm(d_t.transpose(1, 2), g)  # [B, L, C]
-            gx.baddbmm_(r.transpose(1, 2), grad_u)
-            gx.addcmul_(x, b.unsqueeze(-1)).add_(a.unsqueeze(-1))
-        return grad_g, gx, None, None
+    def backward(ctx, grad_out, grad_p):
+        q, w_k, w_v, x, g_all, u_all, mu_all, rstd_all, tc_all, p_all = ctx.saved_tensors
+        B, Nq, H, hd = q.shape
+        L, C = x.shape[1], x.shape[2]
+        M = Nq * H
+        if grad_out is None:
+            grad_out = q.new_zeros(q.shape)
+        go = grad_out.reshape(B * Nq, H, hd)
+        uh = u_all.view(B * Nq, H, C)
+        grad_wv = torch.empty_like(w_v)
+        for h in range(H):  # out = W_v U
+            torch.mm(go[:, h].t(), uh[:, h], out=grad_wv[h])
+        grad_u_all = _per_head(go, w_v, q.new_empty(B * Nq, H, C)).view(B, M, C)
+        grad_g_all = q.new_empty(B, M, C)
+        bcl = x.transpose(1, 2).is_contiguous()  # x is a transposed [B, C, L] map: answer in kind
+        gx_all = x.new_empty(B, C, L) if bcl else x.new_empty(B, L, C)
+        for b0, b1 in _chunks(B, M, C, x.element_size()):
+            xc, g, grad_u = x[b0:b1], g_all[b0:b1], grad_u_all[b0:b1]
+            mu1, rstd1 = mu_all[b0:b1].unsqueeze(1), rstd_all[b0:b1].unsqueeze(1)  # [Bc, 1, L]
+            tc, p = tc_all[b0:b1], p_all[b0:b1]
+            du_sum = grad_u.sum(-1, keepdim=True)  # [Bc, M, 1]
+            d_r = torch.bmm(grad_u, xc.transpose(1, 2)).sub_(du_sum * mu1)  # [Bc, M, L]
+            d_p = d_r * rstd1
+            if grad_p is not None:
+                d_p = d_p + grad_p[b0:b1]
+            d_s = p * (d_p - (p * d_p).sum(-1, keepdim=True))
+            d_t = d_s * rstd1 * ctx.scale  # gradient of g_i · x_j
+            r = p * rstd1
+            grad_g = torch.bmm(d_t, xc, out=grad_g_all[b0:b1])
+            grad_g.sub_((d_t * mu1).sum(-1, keepdim=True))  # [Bc, M, C]
+            gs = g.sum(-1, keepdim=True)
+            # μ and σ: S and U depend on them; dσ⁻¹/dx_jc = −σ_j⁻³ (x_jc − μ_j) / C
+            d_mu = -(d_t * gs).sum(1) - (r * du_sum).sum(1)  # [Bc, L]
+            d_rstd = (d_s * tc).sum(1) + (d_r * p).sum(1)
+            bb = -d_rstd * rstd1.squeeze(1).pow(3) / C
+            aa = d_mu / C - bb * mu1.squeeze(1)
+            gx = gx_all[b0:b1]
+            if bcl:  # [Bc, C, L]
+                torch.bmm(g.transpose(1, 2), d_t, out=gx)
+                gx.baddbmm_(grad_u.transpose(1, 2), r)
+                gx.addcmul_(xc.transpose(1, 2), bb.unsqueeze(1)).add_(aa.unsqueeze(1))
+            else:  # [Bc, L, C]
+                torch.bmm(d_t.transpose(1, 2), g, out=gx)
+                gx.baddbmm_(r.transpose(1, 2), grad_u)
+                gx.addcmul_(xc, bb.unsqueeze(-1)).add_(aa.unsqueeze(-1))
+        gh = grad_g_all.view(B * Nq, H, C)
+        grad_q = _per_head(gh, w_k.transpose(1, 2), q.new_empty(B * Nq, H, hd)).view(B, Nq, H, hd)
+        qr = q.reshape(B * Nq, H, hd)
+        grad_wk = torch.empty_like(w_k)
+        for h in range(H):  # g = W_kᵀ q
+            torch.mm(qr[:, h].t(), gh[:, h], out=grad_wk[h])
+        return grad_q, grad_wk, grad_wv, gx_all.transpose(1, 2) if bcl else gx_all, None, None
 
 
-def folded_norm_attention(g, x, eps, scale):
-    """``(U, P)``: U [B, M, C] = Σ_j P_ij n_j and P [B, M, L] = softmax_j(scale · g_i · n_j), with
-    n_j the LayerNorm (eps, no affine part) of token x_j. g [B, M, C] and x [B, L, C] floating,
-    same dtype and device (unchecked: an internal helper of TemplateCrossAttention).
-    Differentiable in g and x (both outputs)."""
-    return _FoldedNormAttention.apply(g, x, float(eps), float(scale))
+def folded_part_attention(q, w_k, w_v, x, eps, scale):
+    """Multi-head attention of per-sample queries over LayerNorm-ed tokens, projections folded.
+
+    Args:
+        q: [B, Nq, H, hd] projected queries (any strides).
+        w_k, w_v: [H, hd, C] key and value projection weights, the norm's weight already applied
+            (``W.view(H, hd, C) * norm.weight``); biases are the caller's (they add constants).
+        x: [B, L, C] raw tokens (L >= 1; any strides: a transposed [B, C, L] map is read in place).
+        eps: the LayerNorm's eps (the norm has no affine part here). scale: logit scale.
+
+    Returns ``(out, p)``: out [B, Nq, H, hd] = ``W_v,h Σ_j p_j n_j`` per head, p [B, Nq·H, L] the
+    attention weights (rows in (query, head) order). Floating inputs of one dtype and device
+    (unchecked: an internal helper of TemplateCrossAttention). Differentiable once in q, w_k, w_v
+    and x (both outputs).
+    """
+    return _FoldedPartAttention.apply(q, w_k, w_v, x, float(eps), float(scale))
