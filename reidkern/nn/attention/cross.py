@@ -173,9 +173,12 @@ class TemplateCrossAttention(nn.Module):
         fold = self._fold(q_in.shape[0], c_in.shape[0], B, q_in.shape[1], c_in.shape[1], c_in.device)
         if (fold and c_in.device.type == "cpu" and key_padding_mask is None
                 and q_in.shape[0] == c_in.shape[0] == B and c_in.shape[1] > 0
-                and self.backend != "reference" and not torch.compiler.is_compiling()):
+                and self.backend != "reference" and not torch.compiler.is_compiling()
+                and not torch.is_autocast_enabled("cpu")):
             # per-sample queries and tokens (DPTI's part attention): batched GEMMs with the norm
-            # folded in (the fused op runs one small GEMM per (sample, head) on the CPU)
+            # folded in (the fused op runs one small GEMM per (sample, head) on the CPU). Compiled
+            # graphs and autocast take the generic folded path: the hand-written function's GEMMs
+            # write into strided outputs, which graphs do not take and autocast does not cast.
             out, weights = self._attend_folded_norm(q, c_in, cnorm, return_weights)
         elif fold:
             out, weights = self._attend_folded(q, cnorm(c_in), B, key_padding_mask, return_weights)
