@@ -3,6 +3,7 @@ attention), on the fused ``template_attention`` op."""
 import torch
 from torch import nn
 
+from reidkern._amp import autocast_enabled
 from reidkern.ops import _validate as V
 from reidkern.ops.template_attention import template_attention
 
@@ -174,7 +175,7 @@ class TemplateCrossAttention(nn.Module):
         if (fold and c_in.device.type == "cpu" and key_padding_mask is None
                 and q_in.shape[0] == c_in.shape[0] == B and c_in.shape[1] > 0
                 and self.backend != "reference" and not torch.compiler.is_compiling()
-                and not torch.is_autocast_enabled("cpu")):
+                and not autocast_enabled("cpu")):
             # per-sample queries and tokens (DPTI's part attention): batched GEMMs with the norm
             # folded in (the fused op runs one small GEMM per (sample, head) on the CPU). Compiled
             # graphs and autocast take the generic folded path: the hand-written function's GEMMs

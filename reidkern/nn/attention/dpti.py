@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from reidkern._amp import autocast_enabled
 from reidkern.ops.template_attention import template_attention
 
 
@@ -33,7 +34,7 @@ class PartTemplateInit(nn.Module):
             raise ValueError(f"tokens must be [B, L, {self.part_queries.shape[1]}], got {tuple(tokens.shape)}")
         a = tokens.unsqueeze(1)  # [B, 1, L, d]: keys = values = A_l
         q = self.part_queries
-        if torch.is_autocast_enabled(tokens.device.type):  # A_l comes in autocast's dtype: so do the
+        if autocast_enabled(tokens.device.type):  # A_l comes in autocast's dtype: so do the
             q = q.to(tokens.dtype)  # queries (as nn.Linear casts its weight); template_attention wants one dtype
         q = q.view(1, 1, *q.shape)
         out, _, mean_logit = template_attention(q, a, a, key_padding_mask, scale=self.scale,
