@@ -34,4 +34,7 @@ if __name__ == "__main__":
         dist.init_process_group("gloo")
     run(sys.argv[1])
     if dist.is_initialized():
+        # both ranks tear gloo down together: rank 0 still saving while rank 1 had torn its side
+        # down and exited once ended in "terminate called without an active exception" (SIGABRT)
+        dist.barrier()
         dist.destroy_process_group()
