@@ -32,6 +32,14 @@ def _per_head(a, w, out):
     return out
 
 
+def _per_head_weight_grad(a, grad, out):
+    """``out[h] = a[:, h]ᵀ @ grad[:, h]``: the gradient of w in ``_per_head(a, w)`` given the
+    output's gradient (a [R, H, K], grad [R, H, N], out [H, K, N])."""
+    for h in range(out.shape[0]):
+        torch.mm(a[:, h].t(), grad[:, h], out=out[h])
+    return out
+
+
 def _token_stats(x, eps):
     """μ and 1/σ [B, L] of the tokens x [B, L, C] over C (LayerNorm's biased variance)."""
     mu = x.mean(dim=-1)
@@ -60,10 +68,10 @@ class _FoldedPartAttention(torch.autograd.Function):
         u_all = q.new_empty(B, M, C)
         p_all, tc_all = q.new_empty(B, M, L), q.new_empty(B, M, L)
         mu_all, rstd_all = q.new_empty(B, L), q.new_empty(B, L)
+        gs_all = g_all.sum(-1, keepdim=True)  # [B, M, 1]: Σ_c g_ic, the mean term's weight
         for b0, b1 in _chunks(B, M, C, x.element_size()):
-            xc, g = x[b0:b1], g_all[b0:b1]
+            xc, g, gs = x[b0:b1], g_all[b0:b1], gs_all[b0:b1]
             mu, rstd = _token_stats(xc, eps)
-            gs = g.sum(-1, keepdim=True)
             tc = torch.baddbmm(gs * mu.unsqueeze(1), g, xc.transpose(1, 2), beta=-1).mul_(scale)  # σ·S
             p = torch.softmax(tc * rstd.unsqueeze(1), dim=-1)
             r = p * rstd.unsqueeze(1)
@@ -71,30 +79,27 @@ class _FoldedPartAttention(torch.autograd.Function):
             u.sub_((r * mu.unsqueeze(1)).sum(-1, keepdim=True))  # [Bc, M, C]
             mu_all[b0:b1], rstd_all[b0:b1], tc_all[b0:b1], p_all[b0:b1] = mu, rstd, tc, p
         out = _per_head(u_all.view(B * Nq, H, C), w_v.transpose(1, 2), q.new_empty(B * Nq, H, hd))
-        ctx.save_for_backward(q, w_k, w_v, x, g_all, u_all, mu_all, rstd_all, tc_all, p_all)
+        ctx.save_for_backward(q, w_k, w_v, x, g_all, gs_all, u_all, mu_all, rstd_all, tc_all, p_all)
         ctx.scale = scale
         return out.view(B, Nq, H, hd), p_all
 
     @staticmethod
     @once_differentiable  # μ, σ and P are saved as constants: no double backward
     def backward(ctx, grad_out, grad_p):
-        q, w_k, w_v, x, g_all, u_all, mu_all, rstd_all, tc_all, p_all = ctx.saved_tensors
+        q, w_k, w_v, x, g_all, gs_all, u_all, mu_all, rstd_all, tc_all, p_all = ctx.saved_tensors
         B, Nq, H, hd = q.shape
         L, C = x.shape[1], x.shape[2]
         M = Nq * H
         if grad_out is None:
             grad_out = q.new_zeros(q.shape)
         go = grad_out.reshape(B * Nq, H, hd)
-        uh = u_all.view(B * Nq, H, C)
-        grad_wv = torch.empty_like(w_v)
-        for h in range(H):  # out = W_v U
-            torch.mm(go[:, h].t(), uh[:, h], out=grad_wv[h])
+        grad_wv = _per_head_weight_grad(go, u_all.view(B * Nq, H, C), torch.empty_like(w_v))  # out = W_v U
         grad_u_all = _per_head(go, w_v, q.new_empty(B * Nq, H, C)).view(B, M, C)
         grad_g_all = q.new_empty(B, M, C)
         bcl = x.transpose(1, 2).is_contiguous()  # x is a transposed [B, C, L] map: answer in kind
         gx_all = x.new_empty(B, C, L) if bcl else x.new_empty(B, L, C)
         for b0, b1 in _chunks(B, M, C, x.element_size()):
-            xc, g, grad_u = x[b0:b1], g_all[b0:b1], grad_u_all[b0:b1]
+            xc, g, gs, grad_u = x[b0:b1], g_all[b0:b1], gs_all[b0:b1], grad_u_all[b0:b1]
             mu1, rstd1 = mu_all[b0:b1].unsqueeze(1), rstd_all[b0:b1].unsqueeze(1)  # [Bc, 1, L]
             tc, p = tc_all[b0:b1], p_all[b0:b1]
             du_sum = grad_u.sum(-1, keepdim=True)  # [Bc, M, 1]
@@ -107,7 +112,6 @@ class _FoldedPartAttention(torch.autograd.Function):
             r = p * rstd1
             grad_g = torch.bmm(d_t, xc, out=grad_g_all[b0:b1])
             grad_g.sub_((d_t * mu1).sum(-1, keepdim=True))  # [Bc, M, C]
-            gs = g.sum(-1, keepdim=True)
             # μ and σ: S and U depend on them; dσ⁻¹/dx_jc = −σ_j⁻³ (x_jc − μ_j) / C
             d_mu = -(d_t * gs).sum(1) - (r * du_sum).sum(1)  # [Bc, L]
             d_rstd = (d_s * tc).sum(1) + (d_r * p).sum(1)
@@ -124,10 +128,7 @@ class _FoldedPartAttention(torch.autograd.Function):
                 gx.addcmul_(xc, bb.unsqueeze(-1)).add_(aa.unsqueeze(-1))
         gh = grad_g_all.view(B * Nq, H, C)
         grad_q = _per_head(gh, w_k.transpose(1, 2), q.new_empty(B * Nq, H, hd)).view(B, Nq, H, hd)
-        qr = q.reshape(B * Nq, H, hd)
-        grad_wk = torch.empty_like(w_k)
-        for h in range(H):  # g = W_kᵀ q
-            torch.mm(qr[:, h].t(), gh[:, h], out=grad_wk[h])
+        grad_wk = _per_head_weight_grad(q.reshape(B * Nq, H, hd), gh, torch.empty_like(w_k))  # g = W_kᵀ q
         return grad_q, grad_wk, grad_wv, gx_all.transpose(1, 2) if bcl else gx_all, None, None
 
 
