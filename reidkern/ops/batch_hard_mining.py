@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from reidkern._amp import autocast_enabled
+from reidkern._amp import autocast_enabled, autocast_off
 from reidkern._library import native_available
 from reidkern.ops import _autograd
 from reidkern.ops import _validate as V
@@ -191,7 +191,7 @@ def batch_hard_mining(embeddings, labels, metric="euclidean", ref_embeddings=Non
     """
     dev = getattr(embeddings, "device", None)
     if dev is not None and autocast_enabled(dev.type):
-        with torch.autocast(dev.type, enabled=False):
+        with autocast_off(dev.type):
             return batch_hard_mining(embeddings, labels, metric, ref_embeddings, ref_labels, self_offset,
                                      backend, validate)
     if validate:

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reidkern._amp import autocast_off
 from reidkern._metric import Metric
 from reidkern.distributed import all_gather_no_grad, is_distributed
 from reidkern.nn.losses._common import gather_candidates, masked_mean, mine
@@ -110,7 +111,7 @@ class TripletLoss(nn.Module):
                 ref, ref_labels, offset = embeddings, labels, 0
             # distances in float32 at least, autocast off (|x|² + |y|² − 2x·y cancels in
             # bfloat16/float16), as batch_hard_mining and torch's cdist
-            with torch.autocast(embeddings.device.type, enabled=False):
+            with autocast_off(embeddings.device.type):
                 dist_ap, dist_an, valid = weighted_example_mining(_at_least_float32(embeddings), labels,
                                                                   _at_least_float32(ref), ref_labels,
                                                                   offset, self.metric)
