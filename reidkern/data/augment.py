@@ -19,7 +19,8 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from reidkern.data.records import INFRARED, VISIBLE
-from reidkern.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageLike, load_image, normalize, resize, to_tensor
+from reidkern.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, ImageLike, check_interpolation, load_image,
+                                      normalize, resize, to_tensor)
 
 __all__ = [
     "Compose", "Resize", "RandomHorizontalFlipImage", "PadCrop", "RandomErasing", "ChannelExchange",
@@ -232,9 +233,7 @@ def build_transforms(height: int, width: int, train: bool, *, flip_p: float = 0.
         raise ValueError(f"pad: expected a non-negative int, got {pad!r}")
     if modality not in (VISIBLE, INFRARED):
         raise ValueError(f"modality: expected VISIBLE (0) or INFRARED (1), got {modality!r}")
-    if interpolation not in ("bilinear", "bicubic"):
-        raise ValueError(f"interpolation: expected 'bilinear' or 'bicubic', got {interpolation!r}")
-    steps: List[Callable] = [Resize(height, width, interpolation), ToTensor()]
+    steps: List[Callable] = [Resize(height, width, check_interpolation(interpolation)), ToTensor()]
     if train:
         if flip_p > 0:
             steps.append(RandomHorizontalFlipImage(flip_p, generator))

@@ -61,15 +61,20 @@ def load_image(image: ImageLike) -> Image.Image:
 _INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
+def check_interpolation(interpolation: str) -> str:
+    """``interpolation`` if it is a resize mode of :func:`resize`; else ValueError naming it."""
+    if interpolation not in _INTERPOLATION:
+        raise ValueError(f"interpolation: expected one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
+    return interpolation
+
+
 def resize(image: Image.Image, size: Sequence[int], interpolation: str = "bilinear") -> Image.Image:
     """Resize a PIL image to ``size`` = (height, width) pixels, ``interpolation`` "bilinear" (the
     field's default) or "bicubic" (torchvision's ``interpolation=3``, e.g. LA-Transformer's official
     code); PIL antialiases when shrinking, as torchvision's ``Resize`` on PIL images does.
     Raises ValueError for another interpolation."""
     h, w = _size(size)
-    if interpolation not in _INTERPOLATION:
-        raise ValueError(f"interpolation: expected 'bilinear' or 'bicubic', got {interpolation!r}")
-    return image.resize((w, h), _INTERPOLATION[interpolation])
+    return image.resize((w, h), _INTERPOLATION[check_interpolation(interpolation)])
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
