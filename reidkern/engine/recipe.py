@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-__all__ = ["Recipe", "register_recipe", "get_recipe", "recipe_names"]
+__all__ = ["Recipe", "register_recipe", "get_recipe", "recipe_names", "fixed_fields"]
 
 LossFn = Callable[[nn.Module, Dict[str, torch.Tensor]], Tuple[torch.Tensor, Dict[str, float]]]
 ExtractFn = Callable[[nn.Module, Dict[str, torch.Tensor]], torch.Tensor]
@@ -31,6 +31,30 @@ ExtractFn = Callable[[nn.Module, Dict[str, torch.Tensor]], torch.Tensor]
 
 def _all_parameters(model: nn.Module, lr: float) -> List[Dict[str, Any]]:
     return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+
+
+# The callable fields whose ``recipe_fixed`` (see fixed_fields) a Recipe checks, and the two
+# that may carry ``with_label_smoothing``.
+_PARTS = ("build_model", "compute_loss", "extract", "param_groups", "hooks", "train_sampler", "build_dataset",
+          "build_transforms", "evaluate")
+_SMOOTHING_PARTS = ("build_model", "compute_loss")
+
+
+def fixed_fields(**fields: Tuple[Any, str]):
+    """Mark a recipe part (a function or class used as ``compute_loss``, ``train_sampler``,
+    ``evaluate`` …) as not reading some recipe fields: ``fields`` maps a field name to
+    ``(the only value accepted, why the part does not read it)``. A :class:`Recipe` using the
+    part raises ValueError naming the field for any other value, so that no setting is silently
+    ignored. Returns a decorator (it sets ``obj.recipe_fixed``, merged with an inherited one)::
+
+        @fixed_fields(label_smoothing=(0.0, "plain cross-entropy, as the official code"))
+        def compute_loss(model, batch): ...
+    """
+    def mark(obj):
+        obj.recipe_fixed = {**getattr(obj, "recipe_fixed", {}), **fields}
+        return obj
+
+    return mark
 
 
 @dataclass
@@ -70,7 +94,12 @@ class Recipe:
             (``mAP`` first) for tasks whose protocol is not single-query image ReID; None = the
             Market protocol on ``extract`` features (cosine/euclidean per ``metric``).
         clip_grad_norm: max gradient L2 norm (None: no clipping).
-        label_smoothing: ε of label-smoothed cross entropy, for recipes whose loss reads it.
+        label_smoothing: ε of label-smoothed cross entropy, in [0, 1). A built-in recipe either
+            applies it (its ``compute_loss`` or ``build_model`` has ``with_label_smoothing(ε)``,
+            called on every construction and override, so ``get_recipe(name,
+            label_smoothing=ε)`` reaches the loss) or refuses values other than its own with a
+            ValueError (a part marked by :func:`fixed_fields`). A custom ``compute_loss`` without
+            ``with_label_smoothing`` must read ``recipe.label_smoothing`` itself.
         flip_test: average the features of each image and its mirror at test time.
         rerank: k-reciprocal re-ranking at test time, with ``rerank_params``.
         rerank_params: ``(k1, k2, lambda_value)`` of the re-ranking (Zhong et al., CVPR 2017;
@@ -136,6 +165,25 @@ class Recipe:
     onnx_eval: bool = False
     precise_bn: int = 0
 
+    def __post_init__(self) -> None:
+        # Runs on construction and on every dataclasses.replace (get_recipe's overrides): the
+        # label smoothing is bound into the parts that read it, and fields a part does not read
+        # are refused unless they hold the part's own value.
+        eps = self.label_smoothing
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1), got {eps!r}")
+        for part in _SMOOTHING_PARTS:
+            fn = getattr(self, part)
+            rebind = getattr(fn, "with_label_smoothing", None)
+            if rebind is not None and getattr(fn, "label_smoothing", None) != eps:
+                setattr(self, part, rebind(float(eps)))
+        for part in _PARTS:
+            for name, (accepted, why) in getattr(getattr(self, part), "recipe_fixed", {}).items():
+                value = getattr(self, name)
+                if value != accepted:
+                    raise ValueError(f"{name}: the {self.name!r} recipe does not read it ({part}: {why}); "
+                                     f"expected {accepted!r}, got {value!r}")
+
 
 _RECIPES: Dict[str, Callable[[], Recipe]] = {}
 
@@ -163,7 +211,9 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     """The recipe registered as ``name``, with fields replaced by ``overrides``.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the known ones) or an unknown field.
+        ValueError: unknown ``name`` (the message lists the known ones), an unknown field, or a
+            field the recipe does not read set to another value than its own (the message names
+            the field and the part that ignores it; see :func:`fixed_fields`).
     """
     from dataclasses import fields, replace
 

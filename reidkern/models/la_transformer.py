@@ -61,6 +61,8 @@ class LATransformer(nn.Module):
             official test code (``LATransformerTest`` leaves the CLS blend out).
         drop_path_rate: ViT stochastic depth (official 0).
         backend: reidkern kernel backend of the triplet mining.
+        label_smoothing: ε of the part cross-entropies (label-smoothed CE, on the AM-Softmax
+            logits with ``metric_loss``); default 0 = the official plain cross-entropy.
 
     Forward ``x`` float [B, 3, H, W] with (H, W) = img_size:
         train mode → dict ``logits`` [B, P, num_classes] (P = grid rows, 14; with metric_loss these
@@ -83,10 +85,11 @@ class LATransformer(nn.Module):
                  dropout: float = 0.5, y_pooling: bool = False, metric_loss: bool = False,
                  flip_test: bool = False, test_gelt: bool = False, am_margin: float = 0.35,
                  am_scale: float = 30.0, triplet_margin: float = 0.3, drop_path_rate: float = 0.0,
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, label_smoothing: float = 0.0):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         self.img_size = _pair(img_size, "img_size")
+        self.label_smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
         self.lmbd = check_float(lmbd, "lmbd")
         self.y_pooling, self.metric_loss = bool(y_pooling), bool(metric_loss)
         self.flip_test, self.test_gelt = bool(flip_test), bool(test_gelt)
@@ -172,7 +175,8 @@ class LATransformer(nn.Module):
 
     # ---- loss -----------------------------------------------------------------------------
     def loss(self, outputs: Dict[str, torch.Tensor], pids: torch.Tensor):
-        """Official: the sum over the P parts of each part's mean cross-entropy. With
+        """Official: the sum over the P parts of each part's mean cross-entropy (label-smoothed by
+        ``label_smoothing``, official 0). With
         ``metric_loss``: the same sum over AM-Softmax logits ``s·(cos − m·[c = pid])``, plus a
         batch-hard triplet loss on the concatenated GELTs. Returns ``(loss, logs)``.
         Raises ValueError/TypeError for pids that are not integer labels [B]."""
@@ -183,7 +187,7 @@ class LATransformer(nn.Module):
         flat = logits.reshape(B * P, C)
         if self.metric_loss:
             flat = flat - (self.classifiers.scale * self.am_margin) * F.one_hot(target, C).to(flat.dtype)
-        ce = F.cross_entropy(flat, target) * P  # = Σ_p mean_b CE(part p)
+        ce = F.cross_entropy(flat, target, label_smoothing=self.label_smoothing) * P  # = Σ_p mean_b CE(part p)
         logs = {"loss_ce": ce.detach()}
         if self.triplet is None:
             return ce, logs

@@ -126,7 +126,7 @@ class LATransformerEager(nn.Module):
             part = logits[:, i]
             if m.metric_loss:
                 part = part - m.classifiers.scale * m.am_margin * F.one_hot(pids, part.shape[1]).to(part.dtype)
-            ce = ce + F.cross_entropy(part, pids)
+            ce = ce + F.cross_entropy(part, pids, label_smoothing=m.label_smoothing)
         logs = {"loss_ce": ce.detach()}
         if not m.metric_loss:
             return ce, logs

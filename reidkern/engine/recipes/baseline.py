@@ -16,21 +16,34 @@ from reidkern.models.baseline import baseline_resnet50
 from reidkern.nn.losses import TripletLoss
 
 
-def ce_triplet_loss(label_smoothing: float = 0.1, margin: float = 0.3, metric: str = "euclidean",
-                    normalize_feature: bool = False, triplet_weight: float = 1.0):
-    """``compute_loss`` of a BNNeck model: CE-LS(logits) + triplet(global_feat), the triplet
-    mined across processes under torchrun (``gather=True``, gradient scaled by
-    ``reidkern.distributed.ddp_loss`` so that DDP's averaging gives the single-process gradient)."""
-    triplet = TripletLoss(margin=margin, metric=metric, normalize_feature=normalize_feature, gather=True)
+class CETripletLoss:
+    """``compute_loss`` of a BNNeck model: CE-LS(logits) + ``triplet_weight`` · triplet(global_feat),
+    the triplet mined across processes under torchrun (``gather=True``, gradient scaled by
+    ``reidkern.distributed.ddp_loss`` so that DDP's averaging gives the single-process gradient).
+    ``label_smoothing`` is the recipe's (rebound by ``with_label_smoothing`` on every override)."""
 
-    def compute_loss(model, batch):
+    def __init__(self, label_smoothing: float = 0.1, margin: float = 0.3, metric: str = "euclidean",
+                 normalize_feature: bool = False, triplet_weight: float = 1.0):
+        self.label_smoothing = float(label_smoothing)
+        self.margin, self.metric, self.normalize_feature = margin, metric, normalize_feature
+        self.triplet_weight = triplet_weight
+        self.triplet = TripletLoss(margin=margin, metric=metric, normalize_feature=normalize_feature, gather=True)
+
+    def with_label_smoothing(self, label_smoothing: float) -> "CETripletLoss":
+        return CETripletLoss(label_smoothing, self.margin, self.metric, self.normalize_feature, self.triplet_weight)
+
+    def __call__(self, model, batch):
         global_feat, logits = model(batch["img"])
-        ce = F.cross_entropy(logits.float(), batch["pid"], label_smoothing=label_smoothing)
-        tri = triplet(global_feat.float(), batch["pid"])
+        ce = F.cross_entropy(logits.float(), batch["pid"], label_smoothing=self.label_smoothing)
+        tri = self.triplet(global_feat.float(), batch["pid"])
         acc = (logits.argmax(1) == batch["pid"]).float().mean()
-        return ce + triplet_weight * ddp_loss(tri), {"ce": ce.detach(), "tri": tri.detach(), "acc": acc}
+        return ce + self.triplet_weight * ddp_loss(tri), {"ce": ce.detach(), "tri": tri.detach(), "acc": acc}
 
-    return compute_loss
+
+def ce_triplet_loss(label_smoothing: float = 0.1, margin: float = 0.3, metric: str = "euclidean",
+                    normalize_feature: bool = False, triplet_weight: float = 1.0) -> CETripletLoss:
+    """A :class:`CETripletLoss` (the strong baseline's loss)."""
+    return CETripletLoss(label_smoothing, margin, metric, normalize_feature, triplet_weight)
 
 
 def extract(model, batch):
@@ -48,4 +61,4 @@ def baseline() -> Recipe:
                   extract=extract, height=256, width=128, num_instances=4, batch_size=64,
                   optimizer="adam", lr=3.5e-4, weight_decay=5e-4, epochs=120, scheduler="step",
                   milestones=(40, 70), gamma=0.1, warmup_epochs=10, warmup_factor=0.01,
-                  metric="cosine", flip_test=True)
+                  metric="cosine", label_smoothing=0.1, flip_test=True)

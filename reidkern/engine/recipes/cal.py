@@ -17,11 +17,12 @@ over a gallery pool and its trials (10 for SYSU-MM01) and reports mean ± std.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from reidkern.engine.recipe import Recipe, register_recipe
+from reidkern.engine.recipe import Recipe, fixed_fields, register_recipe
 from reidkern.engine.schedule import to_steps
 from reidkern.models.cal import CAL
 
@@ -35,6 +36,7 @@ def _unwrap(model):
     return unwrap(model)
 
 
+@fixed_fields(label_smoothing=(0.0, "CAL.loss is the official plain cross-entropy"))
 def cal_compute_loss(model, batch):
     """CAL's total loss on a batch dict (img, pid, modality); logs every term."""
     out = model(batch["img"], batch["modality"], batch["pid"])
@@ -116,6 +118,8 @@ def evaluate_trials(model, recipe, query: Sequence, gallery_pool: Sequence, tria
                               metric=recipe.metric, missing="skip")
 
 
+@fixed_fields(rerank=(False, "the SYSU-MM01 protocol here has no re-ranking"),
+              onnx_eval=(False, "features from the PyTorch model"))
 def _evaluate(model, recipe, query, gallery, *, device=None, amp=None, num_workers=0, progress=False):
     """The engine's evaluation: the SYSU-MM01 protocol on one gallery (one trial)."""
     res = evaluate_trials(model, recipe, query, gallery, None, device=device, amp=amp,
@@ -144,9 +148,7 @@ def cal_recipe(**overrides) -> Recipe:
         epochs=81, scheduler="step", milestones=(20, 50), gamma=0.1, warmup_epochs=10, warmup_factor=0.1,
         metric="cosine", hooks=[MatchingHook()], train_sampler=_sampler,
         build_transforms=_transforms, evaluate=_evaluate, label_smoothing=0.0, flip_test=False, val_ids=0)
-    for k, v in overrides.items():
-        setattr(r, k, v)
-    return r
+    return dataclasses.replace(r, **overrides)  # not setattr: the recipe checks the fields it does not read
 
 
 @register_recipe("cal")

@@ -3,7 +3,10 @@
 * ``la_transformer``: Adam 3e-4, weight decay 5e-4, batch 32 drawn by a plain shuffle (no P×K),
   30 epochs, 224×224 by bicubic resize (train and test, as the official code), random flip only;
   no scheduler (the notebook builds a StepLR it never steps) — the lr only changes at the blockwise
-  unfreezing steps; the sum of the 14 part cross-entropies; test features without flip.
+  unfreezing steps; the sum of the 14 part cross-entropies, plain (``label_smoothing`` 0, as the
+  official code; the recipe field is passed to the model and smooths every part's CE); test
+  features without flip. The plain shuffle draws no identities, so ``num_instances`` must stay 1
+  (pass ``train_sampler=None`` with ``num_instances=K`` for P×K batches, as the improved recipe).
 * ``la_transformer_improved``: the note's three improvements (y-pooling, AM-Softmax + batch-hard
   triplet, flip test); P×K batches (8 × 4) since the triplet loss needs positives.
 
@@ -14,15 +17,16 @@ epoch trains at 2.4e-4) and keeps being multiplied every 2 epochs after all bloc
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, List
 
 import numpy as np
 import torch
 
 from reidkern.engine.hooks import FreezeSchedule
-from reidkern.engine.recipe import Recipe, register_recipe
+from reidkern.engine.recipe import Recipe, fixed_fields, register_recipe
 
-from ._self_loss import build_with_weights, eval_forward, self_loss
+from ._self_loss import SmoothedBuilder, build_with_weights, eval_forward, self_loss
 
 __all__ = ["ShuffleSampler", "blockwise_unfreezing", "build_la_transformer", "la_compute_loss",
            "la_extract", "la_transformer_recipe", "la_transformer_improved_recipe"]
@@ -54,6 +58,7 @@ def blockwise_unfreezing(depth: int = 12, epochs: int = 30, every: int = 2, firs
     return FreezeSchedule(order, schedule, lr_factor=lr_factor)
 
 
+@fixed_fields(num_instances=(1, "a plain shuffle draws no identities; train_sampler=None gives P×K batches"))
 class ShuffleSampler(torch.utils.data.Sampler):
     """A plain reshuffle of every training image each epoch (the official ``DataLoader(shuffle=
     True)``), seeded by ``(seed, epoch)``; ``set_epoch`` like the identity samplers."""
@@ -100,24 +105,20 @@ def _unfreezing_hooks(model):
 
 
 def la_transformer_recipe(**kw) -> Recipe:
-    r = Recipe(name="la_transformer", task="image", build_model=build_la_transformer,
+    r = Recipe(name="la_transformer", task="image", build_model=SmoothedBuilder(build_la_transformer),
                compute_loss=la_compute_loss, extract=la_extract, height=224, width=224, num_instances=1,
                batch_size=32, optimizer="adam", lr=3e-4, weight_decay=5e-4, epochs=30, scheduler="step",
                milestones=(), gamma=1.0, warmup_epochs=0, metric="cosine", label_smoothing=0.0,
                flip_test=False, train_sampler=ShuffleSampler, build_transforms=_transforms,
                hooks=_unfreezing_hooks)
-    for k, v in kw.items():
-        setattr(r, k, v)
-    return r
+    return dataclasses.replace(r, **kw)  # not setattr: the recipe rebinds label_smoothing and checks fields
 
 
 def la_transformer_improved_recipe(**kw) -> Recipe:
     r = la_transformer_recipe(name="la_transformer_improved", num_instances=4, train_sampler=None,
                               flip_test=True,
                               model_kwargs={"y_pooling": True, "metric_loss": True, "flip_test": True})
-    for k, v in kw.items():
-        setattr(r, k, v)
-    return r
+    return dataclasses.replace(r, **kw)
 
 
 register_recipe("la_transformer")(la_transformer_recipe)

@@ -20,6 +20,7 @@ Stage 2 on the engine (:class:`reidkern.engine.Trainer`, single process):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -31,7 +32,7 @@ from reidkern.models.lf2 import LF2, LF2Loss, LF2Net, lf2_osnet_x0_25, lf2_resne
 from reidkern.uda import PseudoLabelStep, pseudo_label_quality
 from reidkern.uda.lf2_epoch import BRANCHES, extract_clustering_features, pseudo_label_epoch
 
-__all__ = ["LF2Sampler", "LF2PseudoLabelHook", "LF2TeacherHook", "build_lf2", "build_lf2_trainer",
+__all__ = ["LF2Sampler", "LF2PseudoLabelHook", "LF2StepLoss", "LF2TeacherHook", "build_lf2", "build_lf2_trainer",
            "evaluate_target", "lf2_compute_loss", "lf2_extract", "lf2_param_groups", "lf2_recipe",
            "lf2_source_recipe"]
 
@@ -176,12 +177,16 @@ class LF2PseudoLabelHook:
             meaningful when the "unlabeled" set has true ids, as in benchmarks).
         loader: an optional TrainLoader whose cached epoch is dropped when labels change.
         flip: flip-average the clustering features (official: yes; None: ``recipe.flip_test``).
+        seed_from_recipe: on a fresh start, re-seed ``step``'s clustering RNG with the trainer's
+            ``recipe.seed`` (what the ``lf2`` recipe's hooks do, so that a seed override reaches
+            the clustering as it reaches sampling and initialisation).
     """
 
     def __init__(self, records: Optional[Sequence], sampler, step: PseudoLabelStep, height: Optional[int] = 256,
                  width: Optional[int] = 128, batch_size: int = 128, report_quality: bool = False, loader=None,
-                 num_workers: int = 0, flip: Optional[bool] = True):
+                 num_workers: int = 0, flip: Optional[bool] = True, seed_from_recipe: bool = False):
         self.records = None if records is None else list(records)
+        self.seed_from_recipe = bool(seed_from_recipe)
         self.sampler, self.step = sampler, step
         self.height, self.width, self.batch_size = height, width, batch_size
         self.report_quality, self.loader, self.num_workers = report_quality, loader, num_workers
@@ -203,6 +208,8 @@ class LF2PseudoLabelHook:
     def on_train_start(self, trainer) -> None:
         if self.step.labels is not None:  # resumed: labels restored by load_state_dict
             self._apply(trainer)
+        elif self.seed_from_recipe:
+            self.step.rng = np.random.Generator(np.random.PCG64(trainer.recipe.seed))
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         import time
@@ -274,6 +281,22 @@ def lf2_compute_loss(model, batch, loss_fn: Optional[LF2Loss] = None):
 _DEFAULT_LOSS = LF2Loss()
 
 
+class LF2StepLoss:
+    """The ``lf2`` recipe's ``compute_loss``: :func:`lf2_compute_loss` with an :class:`LF2Loss` of
+    the recipe's ``label_smoothing`` (official ε = 0.1; rebound by ``with_label_smoothing`` on every
+    override)."""
+
+    def __init__(self, label_smoothing: float = 0.1):
+        self.label_smoothing = float(label_smoothing)
+        self.loss_fn = LF2Loss(label_smoothing=self.label_smoothing)
+
+    def with_label_smoothing(self, label_smoothing: float) -> "LF2StepLoss":
+        return LF2StepLoss(label_smoothing)
+
+    def __call__(self, model, batch):
+        return lf2_compute_loss(model, batch, loss_fn=self.loss_fn)
+
+
 def lf2_extract(model, batch):
     """Test feature: the teacher's L2-normalised [global, upper, lower] (model in eval mode)."""
     return model(batch["img"])
@@ -341,19 +364,18 @@ def lf2_recipe(iters: int = 400, method: str = "kmeans", dbscan_kwargs: Optional
         k = unwrap_classes(model)
         kmeans_kwargs = {"global": {"init_size": 1500}, "upper": {"init_size": 900}, "lower": {"init_size": 900}}
         step = PseudoLabelStep(BRANCHES, method=method, num_clusters=k, kmeans_kwargs=kmeans_kwargs,
-                               dbscan_kwargs=dbscan_kwargs, seed=r.seed)
+                               dbscan_kwargs=dbscan_kwargs)  # seeded with trainer.recipe.seed at the start
         extra = [FreezeSchedule(tuple(frozen), {})] if frozen else []
-        return [LF2PseudoLabelHook(None, shared, step, height=None, width=None, flip=None), LF2TeacherHook()] + extra
+        return [LF2PseudoLabelHook(None, shared, step, height=None, width=None, flip=None, seed_from_recipe=True),
+                LF2TeacherHook()] + extra
 
-    r = Recipe(name="lf2", task="uda", build_model=build_lf2, compute_loss=lf2_compute_loss,
+    r = Recipe(name="lf2", task="uda", build_model=build_lf2, compute_loss=LF2StepLoss(0.1), label_smoothing=0.1,
                extract=lf2_extract, height=256, width=128, num_instances=4, batch_size=3 * PK_BATCH,
                optimizer="adam", lr=3.5e-4, weight_decay=5e-4, epochs=80, scheduler="step",
                milestones=(), gamma=0.1, warmup_epochs=0, metric="cosine", flip_test=True, val_ids=0,
                model_kwargs={"backbone": "resnet50", "num_clusters": 700}, train_sampler=train_sampler,
                hooks=hooks, param_groups=lf2_param_groups(backbone_lr_mult))
-    for key, v in kw.items():
-        setattr(r, key, v)
-    return r
+    return dataclasses.replace(r, **kw)  # not setattr: the recipe rebinds label_smoothing
 
 
 def unwrap_classes(model) -> int:
@@ -370,17 +392,27 @@ def lf2_osnet_recipe(**kw) -> Recipe:
     return r
 
 
-def _source_loss(model, batch):
-    import torch.nn.functional as F
+class _SourceLoss:
+    """Stage 1's loss: label-smoothed CE (the recipe's ``label_smoothing``, official 0.1) on the
+    logits + soft triplet (margin 0) on the pooled features."""
 
-    from reidkern.engine import unwrap
-    from reidkern.nn import SoftTripletLoss
+    def __init__(self, label_smoothing: float = 0.1):
+        self.label_smoothing = float(label_smoothing)
 
-    pooled, logits = unwrap(model).source_forward(batch["img"])
-    y = batch["pid"]
-    ce = F.cross_entropy(logits, y, label_smoothing=0.1)
-    tri = SoftTripletLoss(margin=0.0)(pooled, y)
-    return ce + tri, {"ce": float(ce.detach()), "tri": float(tri.detach())}
+    def with_label_smoothing(self, label_smoothing: float) -> "_SourceLoss":
+        return _SourceLoss(label_smoothing)
+
+    def __call__(self, model, batch):
+        import torch.nn.functional as F
+
+        from reidkern.engine import unwrap
+        from reidkern.nn import SoftTripletLoss
+
+        pooled, logits = unwrap(model).source_forward(batch["img"])
+        y = batch["pid"]
+        ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        tri = SoftTripletLoss(margin=0.0)(pooled, y)
+        return ce + tri, {"ce": float(ce.detach()), "tri": float(tri.detach())}
 
 
 def _build_source(num_classes: int, backbone: str = "resnet50", weights=None) -> LF2Net:
@@ -402,15 +434,13 @@ def lf2_source_recipe(**kw) -> Recipe:
     label-smoothed CE on the logits + soft triplet (margin 0) on the pooled features; Adam 3.5e-4,
     wd 5e-4, warm-up 10 epochs from ×0.01, steps ×0.1 at 40 and 70, 80 epochs × 200 iterations,
     P×K 16 × 4, no random erasing. Test feature: L2-normalised BatchNorm output."""
-    r = Recipe(name="lf2-source", task="image", build_model=_build_source, compute_loss=_source_loss,
+    r = Recipe(name="lf2-source", task="image", build_model=_build_source, compute_loss=_SourceLoss(0.1),
                extract=lambda model, batch: model.source_forward(batch["img"]),
                height=256, width=128, num_instances=4, batch_size=64, optimizer="adam", lr=3.5e-4,
                weight_decay=5e-4, epochs=80, scheduler="step", milestones=(40, 70), gamma=0.1,
-               warmup_epochs=10, warmup_factor=0.01, metric="cosine", flip_test=True,
+               warmup_epochs=10, warmup_factor=0.01, metric="cosine", label_smoothing=0.1, flip_test=True,
                model_kwargs={"backbone": "resnet50"}, build_transforms=_source_transforms)
-    for k, v in kw.items():
-        setattr(r, k, v)
-    return r
+    return dataclasses.replace(r, **kw)
 
 
 register_recipe("lf2")(lf2_recipe)

@@ -20,7 +20,7 @@ from typing import Dict
 
 import torch
 
-from reidkern.engine.recipe import Recipe, register_recipe
+from reidkern.engine.recipe import Recipe, fixed_fields, register_recipe
 
 __all__ = ["text_encoder_folder", "lgur_recipe"]
 
@@ -57,6 +57,7 @@ def build_model(num_classes: int, text_encoder=None, weights=None, **kwargs):
     return model
 
 
+@fixed_fields(label_smoothing=(0.0, "LGUR.loss is the official plain cross-entropy"))
 def compute_loss(model, batch: Dict[str, torch.Tensor]):
     out = model(batch["img"], batch["text_ids"], batch["text_mask"])
     return _unwrap(model).loss(out, batch["pid"])
@@ -76,6 +77,7 @@ def param_groups(model, lr: float):
     return _unwrap(model).param_groups(lr_transformer=lr, lr_other=10 * lr)
 
 
+@fixed_fields(num_instances=(1, "random image-caption pairs, no identity balancing"))
 class ShuffledPairs(torch.utils.data.Sampler):
     """Every (image, caption) pair once per epoch in a random order — the official loader shuffles
     the pairs, without identity balancing. Indices follow ``build_dataset``'s pairs (one per caption
@@ -117,10 +119,14 @@ def build_dataset(records, transform):
     return ImageDataset(expand_captions(list(records)), transform, tokenizer=_tokenizer(), caption_index=0)
 
 
+@fixed_fields(flip_test=(False, "text-to-image features without flip averaging, as the paper"),
+              rerank=(False, "the text-to-image protocol has no re-ranking here"),
+              onnx_eval=(False, "features from the PyTorch model"))
 @torch.no_grad()
 def evaluate(model, recipe, query, gallery, batch_size: int = 64, device=None, **kwargs) -> Dict[str, float]:
     """Text→image retrieval: ``query`` caption records (records with several captions, e.g. a
-    validation split's images, give one query per caption), ``gallery`` image records. Returns {"R1", "R5", "R10", "mAP", "mINP"} as fractions (the engine's convention)."""
+    validation split's images, give one query per caption), ``gallery`` image records, compared by
+    ``recipe.metric`` (official: cosine). Returns {"R1", "R5", "R10", "mAP", "mINP"} as fractions (the engine's convention)."""
     from reidkern.data import ImageDataset
     from reidkern.data.text import CaptionDataset
     from reidkern.metrics.protocols import evaluate_text_to_image
@@ -143,7 +149,7 @@ def evaluate(model, recipe, query, gallery, batch_size: int = 64, device=None, *
     finally:
         m.train(was_training)
     res = evaluate_text_to_image(tf, imf, torch.tensor([r.pid for r in query]),
-                                 torch.tensor([r.pid for r in gallery]), metric="cosine")
+                                 torch.tensor([r.pid for r in gallery]), metric=recipe.metric)
     return {"R1": float(res.rank(1)), "R5": float(res.rank(5)), "R10": float(res.rank(10)), "mAP": float(res.mAP),
             "mINP": float(res.mINP)}
 

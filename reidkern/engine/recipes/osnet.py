@@ -79,7 +79,7 @@ def osnet() -> Recipe:
     return Recipe(name="osnet", task="image", build_model=_build, compute_loss=ce_triplet_loss(),
                   extract=extract, height=256, width=128, num_instances=4, batch_size=64,
                   optimizer="adam", lr=1e-4, weight_decay=0.0, param_groups=_groups, epochs=4,
-                  scheduler="cosine", warmup_epochs=0.2, warmup_factor=0.1, metric="cosine",
+                  scheduler="cosine", warmup_epochs=0.2, warmup_factor=0.1, metric="cosine", label_smoothing=0.1,
                   build_transforms=partial(build_transforms, pad=0, random_erasing=0.0),
                   flip_test=True, rerank=True, rerank_grid=RERANK_GRID, val_ids=8, hooks=_hooks,
                   channels_last=True, onnx_eval=True)

@@ -1,0 +1,212 @@
+"""Every recipe field either takes effect or is refused: ``label_smoothing`` reaches the loss of
+the recipes that smooth their cross-entropy (DPTI and LA-Transformer through the model, the
+BNNeck/OSNet and LF2 recipes through their loss), and the fields a recipe's parts do not read
+(LGUR's and CAL's plain CE, the plain-shuffle samplers' ``num_instances``, the task protocols'
+re-ranking) raise ValueError naming the field instead of being dropped silently."""
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reidkern.engine import Recipe, fixed_fields, get_recipe, recipe_names
+
+EPS = 0.25
+
+
+def _smoothing_of(recipe):
+    """The ε a recipe's parts will use, or None when no part reads it."""
+    for part in (recipe.compute_loss, recipe.build_model):
+        if hasattr(part, "with_label_smoothing"):
+            return part.label_smoothing
+    return None
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_label_smoothing_takes_effect_or_is_refused(name):
+    # the sweep over every registered recipe: a new recipe that drops the field fails here
+    default = get_recipe(name)
+    assert _smoothing_of(default) in (None, default.label_smoothing)
+    try:
+        recipe = get_recipe(name, label_smoothing=EPS)
+    except ValueError as e:
+        assert str(e).startswith("label_smoothing:") and _smoothing_of(default) is None
+        assert get_recipe(name, label_smoothing=default.label_smoothing).label_smoothing == default.label_smoothing
+        return
+    assert _smoothing_of(recipe) == EPS
+    assert _smoothing_of(get_recipe(name)) == default.label_smoothing  # the registered recipe is untouched
+
+
+def test_paper_defaults_of_label_smoothing():
+    # DPTI: the paper names no smoothing (the model's default 0); LA-Transformer: the official plain
+    # CE; the strong baseline, OSNet fine-tuning and LF2 (both stages): the official ε = 0.1
+    expected = {"dpti": 0.0, "la_transformer": 0.0, "la_transformer_improved": 0.0, "lgur": 0.0, "cal": 0.0,
+                "baseline": 0.1, "osnet": 0.1, "osnet_full": 0.1, "lf2": 0.1, "lf2-source": 0.1}
+    for name, eps in expected.items():
+        r = get_recipe(name)
+        assert r.label_smoothing == eps, name
+        assert _smoothing_of(r) in (None, eps), name
+
+
+def _dpti_kwargs():
+    return dict(num_parts=2, dim=8, mid_stage="layer1", final_stage="layer1", part_heads=2)
+
+
+@pytest.mark.parametrize("name,kwargs,size", [
+    ("dpti", _dpti_kwargs(), (32, 16)),
+    ("la_transformer", dict(img_size=(32, 16), patch_size=8, embed_dim=16, depth=1, num_heads=2), (32, 16)),
+    ("la_transformer_improved", dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2), (16, 16)),
+])
+def test_label_smoothing_changes_the_models_loss(name, kwargs, size):
+    # the recipe's ε reaches the model's CE: same weights and batch, the loss moves by exactly
+    # weight · (CE_ε − CE_0) computed here from the logits
+    torch.manual_seed(0)
+    plain, smooth = get_recipe(name), get_recipe(name, label_smoothing=EPS)
+    m0 = plain.build_model(5, **{**plain.model_kwargs, **kwargs})
+    m1 = smooth.build_model(5, **{**smooth.model_kwargs, **kwargs})
+    m1.load_state_dict(m0.state_dict())
+    assert (m0.label_smoothing, m1.label_smoothing) == (0.0, EPS)
+    batch = {"img": torch.randn(4, 3, *size), "pid": torch.tensor([0, 0, 1, 1])}
+    with torch.no_grad():  # one train-mode forward, both losses on its outputs
+        out = m0.train()(batch["img"]) if name == "dpti" else _la_train_outputs(m0, batch["img"])
+        out = {**out, "logits": 20 * out["logits"]}  # away from the near-uniform logits of the init
+        l0, logs0 = m0.loss(out, batch["pid"])
+        l1, logs1 = m1.loss(out, batch["pid"])
+    logits = out["logits"]
+    if name == "dpti":
+        weight = m0.alpha
+        flat, target = logits, batch["pid"]
+    else:
+        P = logits.shape[1]
+        weight, flat, target = P, logits.reshape(-1, logits.shape[-1]), batch["pid"].repeat_interleave(P)
+        if m0.metric_loss:
+            flat = flat - m0.classifiers.scale * m0.am_margin * F.one_hot(target, flat.shape[-1]).to(flat.dtype)
+    expect = weight * (F.cross_entropy(flat, target, label_smoothing=EPS) - F.cross_entropy(flat, target))
+    assert abs(float(expect)) > 1e-3
+    torch.testing.assert_close(l1 - l0, expect, rtol=1e-4, atol=1e-5)
+
+
+def _la_train_outputs(model, img):
+    # train-mode outputs of LA-Transformer with its ClassBlock dropout off (deterministic)
+    model.train()
+    for mod in model.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.eval()
+    return model(img)
+
+
+def test_la_transformer_eager_twin_smooths_like_the_model():
+    from reidkern.models.la_transformer import LATransformer
+    from reidkern.models.la_transformer_eager import LATransformerEager
+
+    torch.manual_seed(0)
+    model = LATransformer(5, img_size=(32, 16), patch_size=8, embed_dim=16, depth=1, num_heads=2,
+                          label_smoothing=EPS).double()
+    twin = LATransformerEager(model)
+    x, pids = torch.randn(4, 3, 32, 16, dtype=torch.float64), torch.tensor([0, 0, 1, 1])
+    out = _la_train_outputs(model, x)
+    torch.testing.assert_close(model.loss(out, pids)[0], twin.loss(out, pids)[0])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        LATransformer(5, img_size=(32, 16), patch_size=8, embed_dim=16, depth=1, num_heads=2, label_smoothing=-0.1)
+
+
+class _BNNeckStub(nn.Module):
+    """(global_feat, logits) like the BNNeck models, from a linear map."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return x, self.fc(x)
+
+    def source_forward(self, x):
+        return self.forward(x)
+
+
+@pytest.mark.parametrize("name", ["baseline", "osnet", "lf2-source"])
+def test_label_smoothing_changes_the_recipe_loss(name):
+    torch.manual_seed(0)
+    model = _BNNeckStub()
+    batch = {"img": torch.randn(8, 6), "pid": torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])}
+    default = get_recipe(name)
+    l_default, logs = default.compute_loss(model, batch)
+    l_zero, _ = get_recipe(name, label_smoothing=0.0).compute_loss(model, batch)
+    logits = model.fc(batch["img"])
+    expect = F.cross_entropy(logits, batch["pid"], label_smoothing=0.1) - F.cross_entropy(logits, batch["pid"])
+    torch.testing.assert_close(l_default - l_zero, expect.detach(), rtol=1e-4, atol=1e-6)
+    assert abs(float(expect)) > 1e-3
+
+
+def test_lf2_recipe_loss_reads_label_smoothing():
+    assert get_recipe("lf2").compute_loss.loss_fn.label_smoothing == 0.1
+    assert get_recipe("lf2", label_smoothing=0.0).compute_loss.loss_fn.label_smoothing == 0.0
+    assert get_recipe("lf2-osnet", label_smoothing=0.2).compute_loss.loss_fn.label_smoothing == 0.2
+
+
+@pytest.mark.parametrize("name,field,value", [
+    ("lgur", "label_smoothing", 0.1),
+    ("cal", "label_smoothing", 0.1),
+    ("la_transformer", "num_instances", 4),
+    ("lgur", "num_instances", 4),
+    ("lgur", "flip_test", True),
+    ("lgur", "rerank", True),
+    ("lgur", "onnx_eval", True),
+    ("cal", "rerank", True),
+    ("cal", "onnx_eval", True),
+])
+def test_fields_a_recipe_does_not_read_are_refused(name, field, value):
+    with pytest.raises(ValueError, match=f"^{field}: the '{name}' recipe does not read it"):
+        get_recipe(name, **{field: value})
+    get_recipe(name, **{field: getattr(get_recipe(name), field)})  # its own value passes
+
+
+def test_refusal_follows_the_part_in_use():
+    # P×K batches for LA-Transformer: num_instances is read once the plain shuffle is replaced
+    r = get_recipe("la_transformer", train_sampler=None, num_instances=4)
+    assert r.num_instances == 4 and get_recipe("la_transformer_improved").num_instances == 4
+    # and a custom part declares what it does not read
+    @fixed_fields(metric=("cosine", "features are compared by cosine only"))
+    def evaluate(model, recipe, query, gallery, **kw):
+        return {"mAP": 0.0}
+
+    base = get_recipe("baseline")
+    with pytest.raises(ValueError, match="^metric: the 'baseline' recipe does not read it"):
+        Recipe(**{**base.__dict__, "evaluate": evaluate, "metric": "euclidean"})
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, True, "0.1"])
+def test_label_smoothing_range(value):
+    with pytest.raises(ValueError, match="^label_smoothing: expected a number in \\[0, 1\\)"):
+        get_recipe("baseline", label_smoothing=value)
+
+
+def test_model_kwargs_cannot_contradict_the_recipe_field():
+    r = get_recipe("dpti", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="^label_smoothing: model_kwargs gives 0.2"):
+        r.build_model(5, label_smoothing=0.2, **_dpti_kwargs())
+    assert r.build_model(5, label_smoothing=0.1, **_dpti_kwargs()).label_smoothing == 0.1
+
+
+def test_recipe_factories_apply_their_keywords_through_the_checks():
+    from reidkern.engine.recipes.cal import cal_recipe
+    from reidkern.engine.recipes.dpti import dpti_recipe
+    from reidkern.engine.recipes.lf2 import lf2_source_recipe
+
+    assert dpti_recipe(label_smoothing=0.2).build_model.label_smoothing == 0.2
+    assert lf2_source_recipe(label_smoothing=0.0).compute_loss.label_smoothing == 0.0
+    with pytest.raises(ValueError, match="^label_smoothing"):
+        cal_recipe(label_smoothing=0.1)
+
+
+def test_lf2_pseudo_label_clustering_follows_the_recipe_seed():
+    # the recipe's hooks seed the clustering from trainer.recipe.seed (an override of seed used to
+    # reach sampling and initialisation but not the clustering)
+    recipe = get_recipe("lf2", seed=7)
+    model = types.SimpleNamespace(student=types.SimpleNamespace(num_classes=4))
+    hook = recipe.hooks(model)[0]
+    hook.on_train_start(types.SimpleNamespace(recipe=recipe))
+    expect = np.random.Generator(np.random.PCG64(7)).integers(0, 2**31 - 1, size=3)
+    assert hook.step.rng.integers(0, 2**31 - 1, size=3).tolist() == expect.tolist()
