@@ -26,6 +26,14 @@ STABLE_TORCH_LIBRARY(reidkern, m) {
       "template_attention_bwd(Tensor grad_out, Tensor? grad_weights, Tensor? grad_mean_logit, "
       "Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask, Tensor lse, float scale) "
       "-> (Tensor, Tensor, Tensor)");
+  // Folded part attention, CPU only: the per-sample middle of a multi-head attention of few
+  // queries over LayerNorm-ed tokens with the projections folded onto the queries
+  // (reidkern/nn/attention/folded_norm.py). g: [B, M, C] folded queries, x: [B, L, C] raw tokens.
+  m.def("folded_attention_fwd(Tensor g, Tensor x, float eps, float scale) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "folded_attention_bwd(Tensor grad_u, Tensor? grad_p, Tensor g, Tensor x, Tensor p, Tensor tc, "
+      "Tensor mu, Tensor rstd, float scale) -> (Tensor, Tensor)");
   // Top-k token aggregation per part, fused forward and backward
   // (reidkern/ops/topk_token_aggregate.py).
   m.def("topk_token_aggregate_fwd(Tensor scores, Tensor tokens, int k) -> (Tensor, Tensor, Tensor)");

@@ -11,7 +11,8 @@ except ImportError as exc:  # not compiled (e.g. a source checkout used without 
 # One op per schema generation: a library built from older sources (an in-place build not redone
 # after csrc/ changed) lacks some of them; the reference then serves, with the reason in build_info.
 _SCHEMA_PROBES = ("batch_hard_mining_fwd", "batch_hard_mining_bwd", "template_attention_fwd",
-                  "topk_token_aggregate_fwd", "knn", "evaluate_rank", "pair_sq_dist", "knn_self")
+                  "topk_token_aggregate_fwd", "knn", "evaluate_rank", "pair_sq_dist", "knn_self",
+                  "folded_attention_fwd")
 if _C is not None:
     import torch
 

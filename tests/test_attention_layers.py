@@ -154,18 +154,22 @@ def test_folded_projections_equal_projected(backend, q_batch, c_batch):
 
 @pytest.mark.parametrize("layout", ["channels_first", "tokens_first"])
 @pytest.mark.parametrize("qkv_bias", [False, True])
-@pytest.mark.parametrize("chunk_bytes", [1, 4000, folded_norm._CHUNK_BYTES])  # 1, 2, 3 samples
-def test_folded_norm_path_equals_projected(layout, qkv_bias, chunk_bytes, monkeypatch):
+@pytest.mark.parametrize("middle", ["native", 1, 4000, folded_norm._CHUNK_BYTES])  # kernel; 1, 2, 3 samples
+def test_folded_norm_path_equals_projected(layout, qkv_bias, middle, monkeypatch):
     # Per-sample queries over per-sample tokens without padding (DPTI's part attention) take the
     # CPU path with the context's LayerNorm folded in (nn/attention/folded_norm.py): the same
     # function as the projected path, float64, values, weights and every gradient, whether the
     # context is a transposed [B, C, L] map (answered in that layout) or contiguous [B, L, C],
-    # and whether the batch runs one sample, two samples or all at a time.
+    # and whether the middle runs in the compiled kernel or in PyTorch one sample, two samples or
+    # all at a time.
     from reidkern.nn.attention import cross
+    if middle == "native" and not NATIVE:
+        pytest.skip("compiled library not built")
     calls = []
-    monkeypatch.setattr(folded_norm, "_CHUNK_BYTES", chunk_bytes)
+    if middle != "native":
+        monkeypatch.setattr(folded_norm, "_CHUNK_BYTES", middle)
     monkeypatch.setattr(cross, "folded_part_attention",
-                        lambda *a: calls.append(1) or folded_part_attention(*a))
+                        lambda *a: calls.append(1) or folded_part_attention(*a, native=middle == "native"))
     torch.manual_seed(9)
     layer = TemplateCrossAttention(12, num_heads=3, head_dim=5, context_dim=20, shared_norm=False,
                                    qkv_bias=qkv_bias, ffn_dim=10).double()
@@ -183,19 +187,55 @@ def test_folded_norm_path_equals_projected(layout, qkv_bias, chunk_bytes, monkey
     assert len(calls) == 1  # the folded call took the folded-norm path, the projected one did not
 
 
-def test_folded_part_attention_gradcheck(monkeypatch):
+@pytest.mark.parametrize("native", [False, True])
+def test_folded_part_attention_gradcheck(native, monkeypatch):
+    if native and not NATIVE:
+        pytest.skip("compiled library not built")
     monkeypatch.setattr(folded_norm, "_CHUNK_BYTES", 2 * (2 * 2) * 7 * 8)  # chunks of 2 + 1 samples
     g = _g(12)
     d = dict(generator=g, dtype=torch.float64)
     q = torch.randn(3, 2, 2, 3, **d).requires_grad_()  # [B, Nq, H, hd]
     w_k, w_v = (torch.randn(2, 3, 7, **d).requires_grad_() for _ in range(2))
-    for x in (torch.randn(3, 7, 4, **d).transpose(1, 2), torch.randn(3, 4, 7, **d)):
+    f = lambda *a: folded_part_attention(*a, 1e-5, 0.7, native=native)  # noqa: E731
+    for x in (torch.randn(3, 7, 4, **d).transpose(1, 2), torch.randn(3, 4, 7, **d),
+              torch.randn(3, 8, 14, **d)[:, ::2, ::2]):  # map, rows, neither stride 1
         x = x.detach().requires_grad_()
-        assert torch.autograd.gradcheck(lambda *a: folded_part_attention(*a, 1e-5, 0.7), (q, w_k, w_v, x))
+        assert torch.autograd.gradcheck(f, (q, w_k, w_v, x))
+        assert torch.autograd.gradcheck(lambda *a: f(*a)[0], (q, w_k, w_v, x))  # no gradient of p
     with pytest.raises(RuntimeError):  # the backward is once-differentiable, never silently wrong
-        out, _ = folded_part_attention(q, w_k, w_v, x, 1e-5, 0.7)
+        out, _ = f(q, w_k, w_v, x)
         (gq,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
         gq.sum().backward()
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B,Nq,H,hd,L,C", [(5, 3, 2, 5, 13, 37), (2, 1, 1, 4, 1, 9), (0, 2, 2, 3, 6, 8),
+                                          (3, 6, 8, 4, 40, 70)])
+def test_folded_part_attention_kernel_equals_pytorch_middle(dtype, B, Nq, H, hd, L, C):
+    # The compiled per-sample kernel against the PyTorch middle: odd sizes (vector tails), one
+    # token, an empty batch, both layouts of x, with and without a gradient of p; float64 to 1e-12,
+    # float32 to float tolerance.
+    g = _g(13)
+    d = dict(generator=g, dtype=torch.float64)
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    q0 = torch.randn(B, Nq, H, hd, **d)
+    wk0, wv0 = (torch.randn(H, hd, C, **d) * 0.3 for _ in range(2))
+    xm = 1 + 2 * torch.randn(B, C, L, **d)
+    go, gp = torch.randn(B, Nq, H, hd, **d), torch.randn(B, Nq * H, L, **d)
+    for x0 in (xm.transpose(1, 2), xm.transpose(1, 2).contiguous()):
+        for with_p in (False, True):
+            results = []
+            for native in (True, False):
+                leaves = [t.to(dtype).requires_grad_() for t in (q0, wk0, wv0, x0)]
+                out, p = folded_part_attention(*leaves, 1e-5, hd ** -0.5, native=native)
+                loss = (out * go.to(dtype)).sum() + ((p * gp.to(dtype)).sum() if with_p else 0)
+                grads = torch.autograd.grad(loss, leaves)
+                results.append([out, p] + list(grads))
+                if B:  # the gradient of x comes back in x's layout
+                    assert grads[3].stride() == leaves[3].stride() or L == 1
+            for a, b in zip(*results):
+                assert_close(a, b, **tol)
 
 
 def _standard_cases():
@@ -285,3 +325,22 @@ def test_layer_bad_input():
         PartTemplateInit(8)(torch.randn(2, 3, 7))
     with pytest.raises(ValueError, match="shared_norm"):
         TemplateCrossAttention(8, num_heads=2, context_dim=4)
+
+
+@pytest.mark.skipif(not NATIVE, reason="compiled library not built")
+def test_folded_attention_ops_opcheck():
+    # schema, fake kernels (the gradient of x in x's layout) and dispatch of the CPU-only ops
+    from reidkern.testing import opcheck
+    g = _g(14)
+    d = dict(generator=g, dtype=torch.float64)
+    gq = torch.randn(2, 6, 11, **d)
+    for x in (torch.randn(2, 11, 5, **d).transpose(1, 2), torch.randn(2, 5, 11, **d)):
+        opcheck(torch.ops.reidkern.folded_attention_fwd.default, (gq, x, 1e-5, 0.5),
+                test_utils=("test_schema", "test_faketensor"))
+        u, p, tc, mu, rstd = torch.ops.reidkern.folded_attention_fwd(gq, x, 1e-5, 0.5)
+        for gp in (None, torch.randn(p.shape, **d)):
+            opcheck(torch.ops.reidkern.folded_attention_bwd.default,
+                    (torch.randn(u.shape, **d), gp, gq, x, p, tc, mu, rstd, 0.5),
+                    test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(RuntimeError, match="g must be contiguous"):
+        torch.ops.reidkern.folded_attention_fwd(gq.transpose(1, 2).contiguous().transpose(1, 2), x, 1e-5, 0.5)

@@ -12,13 +12,32 @@ before its affine part, whose weight is already in W_k and W_v):
 
 so neither the keys and values nor the normalised tokens are built. The rows i are the (query,
 head) pairs, so that each head's rows of g and U [B, Nq·H, C] are a strided matrix and the
-per-head projections are GEMMs over the whole batch that read and write in place. The
-statistics, logits, softmax and the [rows, L]-sized work run a few samples at a time, so that they
-stay in cache. The gradient of x comes back in x's own layout (for DPTI the [B, C, L] memory of
-the ResNet map). The backward is written by hand.
+per-head projections are GEMMs over the whole batch that read and write in place. The middle
+(statistics, logits, softmax, U; in the backward the gradients of g and x) runs per sample: in
+the compiled CPU kernel (csrc/cpu/folded_attention.cpp, one task per sample, elementwise steps
+fused) when the library is built, else below a few samples at a time, so that the [rows, L]-sized
+work stays in cache. The gradient of x comes back in x's own layout (for DPTI the [B, C, L]
+memory of the ResNet map). The backward is written by hand.
 """
 import torch
 from torch.autograd.function import once_differentiable
+
+from reidkern._library import native_available
+
+if native_available():
+    @torch.library.register_fake("reidkern::folded_attention_fwd")
+    def _(g, x, eps, scale):
+        B, M, C = g.shape
+        L = x.shape[1]
+        return (g.new_empty(B, M, C), g.new_empty(B, M, L), g.new_empty(B, M, L),
+                g.new_empty(B, L), g.new_empty(B, L))
+
+    @torch.library.register_fake("reidkern::folded_attention_bwd")
+    def _(grad_u, grad_p, g, x, p, tc, mu, rstd, scale):
+        B, L, C = x.shape
+        if x.stride(1) == 1 and L > 1:  # x's layout, as the kernel answers
+            return g.new_empty(g.shape), g.new_empty(B, C, L).transpose(1, 2)
+        return g.new_empty(g.shape), g.new_empty(B, L, C)
 
 # samples per chunk: about this many bytes of one chunk's [rows, C] slice
 _CHUNK_BYTES = 1 << 21
@@ -55,32 +74,84 @@ def _chunks(B, rows, C, itemsize):
     return [(b0, min(B, b0 + step)) for b0 in range(0, B, step)]
 
 
+def _forward_chunks(g_all, x, eps, scale):
+    """The forward's middle a few samples at a time (no compiled library): U, P, σ·S, μ, 1/σ and
+    Σ_c g."""
+    B, M, C = g_all.shape
+    L = x.shape[1]
+    u_all = g_all.new_empty(B, M, C)
+    p_all, tc_all = g_all.new_empty(B, M, L), g_all.new_empty(B, M, L)
+    mu_all, rstd_all = g_all.new_empty(B, L), g_all.new_empty(B, L)
+    gs_all = g_all.sum(-1, keepdim=True)  # [B, M, 1]: Σ_c g_ic, the mean term's weight
+    for b0, b1 in _chunks(B, M, C, x.element_size()):
+        xc, g, gs = x[b0:b1], g_all[b0:b1], gs_all[b0:b1]
+        mu, rstd = _token_stats(xc, eps)
+        tc = torch.baddbmm(gs * mu.unsqueeze(1), g, xc.transpose(1, 2), beta=-1).mul_(scale)  # σ·S
+        p = torch.softmax(tc * rstd.unsqueeze(1), dim=-1)
+        r = p * rstd.unsqueeze(1)
+        u = torch.bmm(r, xc, out=u_all[b0:b1])
+        u.sub_((r * mu.unsqueeze(1)).sum(-1, keepdim=True))  # [Bc, M, C]
+        mu_all[b0:b1], rstd_all[b0:b1], tc_all[b0:b1], p_all[b0:b1] = mu, rstd, tc, p
+    return u_all, p_all, tc_all, mu_all, rstd_all, gs_all
+
+
+def _backward_chunks(grad_u_all, grad_p, g_all, gs_all, x, p_all, tc_all, mu_all, rstd_all, scale):
+    """The backward's middle a few samples at a time (no compiled library): the gradients of g and
+    of x (in x's layout)."""
+    B, M, C = g_all.shape
+    L = x.shape[1]
+    grad_g_all = g_all.new_empty(B, M, C)
+    bcl = x.transpose(1, 2).is_contiguous()  # x is a transposed [B, C, L] map: answer in kind
+    gx_all = x.new_empty(B, C, L) if bcl else x.new_empty(B, L, C)
+    for b0, b1 in _chunks(B, M, C, x.element_size()):
+        xc, g, gs, grad_u = x[b0:b1], g_all[b0:b1], gs_all[b0:b1], grad_u_all[b0:b1]
+        mu1, rstd1 = mu_all[b0:b1].unsqueeze(1), rstd_all[b0:b1].unsqueeze(1)  # [Bc, 1, L]
+        tc, p = tc_all[b0:b1], p_all[b0:b1]
+        du_sum = grad_u.sum(-1, keepdim=True)  # [Bc, M, 1]
+        d_r = torch.bmm(grad_u, xc.transpose(1, 2)).sub_(du_sum * mu1)  # [Bc, M, L]
+        d_p = d_r * rstd1
+        if grad_p is not None:
+            d_p = d_p + grad_p[b0:b1]
+        d_s = p * (d_p - (p * d_p).sum(-1, keepdim=True))
+        d_t = d_s * rstd1 * scale  # gradient of g_i · x_j
+        r = p * rstd1
+        grad_g = torch.bmm(d_t, xc, out=grad_g_all[b0:b1])
+        grad_g.sub_((d_t * mu1).sum(-1, keepdim=True))  # [Bc, M, C]
+        # μ and σ: S and U depend on them; dσ⁻¹/dx_jc = −σ_j⁻³ (x_jc − μ_j) / C
+        d_mu = -(d_t * gs).sum(1) - (r * du_sum).sum(1)  # [Bc, L]
+        d_rstd = (d_s * tc).sum(1) + (d_r * p).sum(1)
+        bb = -d_rstd * rstd1.squeeze(1).pow(3) / C
+        aa = d_mu / C - bb * mu1.squeeze(1)
+        gx = gx_all[b0:b1]
+        if bcl:  # [Bc, C, L]
+            torch.bmm(g.transpose(1, 2), d_t, out=gx)
+            gx.baddbmm_(grad_u.transpose(1, 2), r)
+            gx.addcmul_(xc.transpose(1, 2), bb.unsqueeze(1)).add_(aa.unsqueeze(1))
+        else:  # [Bc, L, C]
+            torch.bmm(d_t.transpose(1, 2), g, out=gx)
+            gx.baddbmm_(r.transpose(1, 2), grad_u)
+            gx.addcmul_(xc, bb.unsqueeze(-1)).add_(aa.unsqueeze(-1))
+    return grad_g_all, gx_all.transpose(1, 2) if bcl else gx_all
+
+
 class _FoldedPartAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, w_k, w_v, x, eps, scale):
+    def forward(ctx, q, w_k, w_v, x, eps, scale, native):
         B, Nq, H, hd = q.shape
-        L, C = x.shape[1], x.shape[2]
+        C = x.shape[2]
         M = Nq * H
         qr = q.reshape(B * Nq, H, hd)
         # the per-head projections over the whole batch: their GEMMs have only hd-deep products,
         # and run far faster with all B·Nq rows at once than chunk by chunk
         g_all = _per_head(qr, w_k, q.new_empty(B * Nq, H, C)).view(B, M, C)
-        u_all = q.new_empty(B, M, C)
-        p_all, tc_all = q.new_empty(B, M, L), q.new_empty(B, M, L)
-        mu_all, rstd_all = q.new_empty(B, L), q.new_empty(B, L)
-        gs_all = g_all.sum(-1, keepdim=True)  # [B, M, 1]: Σ_c g_ic, the mean term's weight
-        for b0, b1 in _chunks(B, M, C, x.element_size()):
-            xc, g, gs = x[b0:b1], g_all[b0:b1], gs_all[b0:b1]
-            mu, rstd = _token_stats(xc, eps)
-            tc = torch.baddbmm(gs * mu.unsqueeze(1), g, xc.transpose(1, 2), beta=-1).mul_(scale)  # σ·S
-            p = torch.softmax(tc * rstd.unsqueeze(1), dim=-1)
-            r = p * rstd.unsqueeze(1)
-            u = torch.bmm(r, xc, out=u_all[b0:b1])
-            u.sub_((r * mu.unsqueeze(1)).sum(-1, keepdim=True))  # [Bc, M, C]
-            mu_all[b0:b1], rstd_all[b0:b1], tc_all[b0:b1], p_all[b0:b1] = mu, rstd, tc, p
+        if native:
+            u_all, p_all, tc_all, mu_all, rstd_all = torch.ops.reidkern.folded_attention_fwd(g_all, x, eps, scale)
+            gs_all = None
+        else:
+            u_all, p_all, tc_all, mu_all, rstd_all, gs_all = _forward_chunks(g_all, x, eps, scale)
         out = _per_head(u_all.view(B * Nq, H, C), w_v.transpose(1, 2), q.new_empty(B * Nq, H, hd))
         ctx.save_for_backward(q, w_k, w_v, x, g_all, gs_all, u_all, mu_all, rstd_all, tc_all, p_all)
-        ctx.scale = scale
+        ctx.scale, ctx.native = scale, native
         return out.view(B, Nq, H, hd), p_all
 
     @staticmethod
@@ -88,51 +159,27 @@ class _FoldedPartAttention(torch.autograd.Function):
     def backward(ctx, grad_out, grad_p):
         q, w_k, w_v, x, g_all, gs_all, u_all, mu_all, rstd_all, tc_all, p_all = ctx.saved_tensors
         B, Nq, H, hd = q.shape
-        L, C = x.shape[1], x.shape[2]
+        C = x.shape[2]
         M = Nq * H
         if grad_out is None:
             grad_out = q.new_zeros(q.shape)
         go = grad_out.reshape(B * Nq, H, hd)
         grad_wv = _per_head_weight_grad(go, u_all.view(B * Nq, H, C), torch.empty_like(w_v))  # out = W_v U
         grad_u_all = _per_head(go, w_v, q.new_empty(B * Nq, H, C)).view(B, M, C)
-        grad_g_all = q.new_empty(B, M, C)
-        bcl = x.transpose(1, 2).is_contiguous()  # x is a transposed [B, C, L] map: answer in kind
-        gx_all = x.new_empty(B, C, L) if bcl else x.new_empty(B, L, C)
-        for b0, b1 in _chunks(B, M, C, x.element_size()):
-            xc, g, gs, grad_u = x[b0:b1], g_all[b0:b1], gs_all[b0:b1], grad_u_all[b0:b1]
-            mu1, rstd1 = mu_all[b0:b1].unsqueeze(1), rstd_all[b0:b1].unsqueeze(1)  # [Bc, 1, L]
-            tc, p = tc_all[b0:b1], p_all[b0:b1]
-            du_sum = grad_u.sum(-1, keepdim=True)  # [Bc, M, 1]
-            d_r = torch.bmm(grad_u, xc.transpose(1, 2)).sub_(du_sum * mu1)  # [Bc, M, L]
-            d_p = d_r * rstd1
-            if grad_p is not None:
-                d_p = d_p + grad_p[b0:b1]
-            d_s = p * (d_p - (p * d_p).sum(-1, keepdim=True))
-            d_t = d_s * rstd1 * ctx.scale  # gradient of g_i · x_j
-            r = p * rstd1
-            grad_g = torch.bmm(d_t, xc, out=grad_g_all[b0:b1])
-            grad_g.sub_((d_t * mu1).sum(-1, keepdim=True))  # [Bc, M, C]
-            # μ and σ: S and U depend on them; dσ⁻¹/dx_jc = −σ_j⁻³ (x_jc − μ_j) / C
-            d_mu = -(d_t * gs).sum(1) - (r * du_sum).sum(1)  # [Bc, L]
-            d_rstd = (d_s * tc).sum(1) + (d_r * p).sum(1)
-            bb = -d_rstd * rstd1.squeeze(1).pow(3) / C
-            aa = d_mu / C - bb * mu1.squeeze(1)
-            gx = gx_all[b0:b1]
-            if bcl:  # [Bc, C, L]
-                torch.bmm(g.transpose(1, 2), d_t, out=gx)
-                gx.baddbmm_(grad_u.transpose(1, 2), r)
-                gx.addcmul_(xc.transpose(1, 2), bb.unsqueeze(1)).add_(aa.unsqueeze(1))
-            else:  # [Bc, L, C]
-                torch.bmm(d_t.transpose(1, 2), g, out=gx)
-                gx.baddbmm_(r.transpose(1, 2), grad_u)
-                gx.addcmul_(xc, bb.unsqueeze(-1)).add_(aa.unsqueeze(-1))
+        if ctx.native:
+            grad_g_all, gx = torch.ops.reidkern.folded_attention_bwd(
+                grad_u_all, None if grad_p is None else grad_p.contiguous(), g_all, x, p_all, tc_all,
+                mu_all, rstd_all, ctx.scale)
+        else:
+            grad_g_all, gx = _backward_chunks(grad_u_all, grad_p, g_all, gs_all, x, p_all, tc_all,
+                                              mu_all, rstd_all, ctx.scale)
         gh = grad_g_all.view(B * Nq, H, C)
         grad_q = _per_head(gh, w_k.transpose(1, 2), q.new_empty(B * Nq, H, hd)).view(B, Nq, H, hd)
         grad_wk = _per_head_weight_grad(q.reshape(B * Nq, H, hd), gh, torch.empty_like(w_k))  # g = W_kᵀ q
-        return grad_q, grad_wk, grad_wv, gx_all.transpose(1, 2) if bcl else gx_all, None, None
+        return grad_q, grad_wk, grad_wv, gx, None, None, None
 
 
-def folded_part_attention(q, w_k, w_v, x, eps, scale):
+def folded_part_attention(q, w_k, w_v, x, eps, scale, native=None):
     """Multi-head attention of per-sample queries over LayerNorm-ed tokens, projections folded.
 
     Args:
@@ -141,10 +188,15 @@ def folded_part_attention(q, w_k, w_v, x, eps, scale):
             (``W.view(H, hd, C) * norm.weight``); biases are the caller's (they add constants).
         x: [B, L, C] raw tokens (L >= 1; any strides: a transposed [B, C, L] map is read in place).
         eps: the LayerNorm's eps (the norm has no affine part here). scale: logit scale.
+        native: run the per-sample middle in the compiled CPU kernel (True), in PyTorch a few
+            samples at a time (False), or the kernel whenever it is built and x is a float32 or
+            float64 CPU tensor (None, the default).
 
     Returns ``(out, p)``: out [B, Nq, H, hd] = ``W_v,h Σ_j p_j n_j`` per head, p [B, Nq·H, L] the
     attention weights (rows in (query, head) order). Floating inputs of one dtype and device
     (unchecked: an internal helper of TemplateCrossAttention). Differentiable once in q, w_k, w_v
     and x (both outputs).
     """
-    return _FoldedPartAttention.apply(q, w_k, w_v, x, float(eps), float(scale))
+    if native is None:
+        native = native_available() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    return _FoldedPartAttention.apply(q, w_k, w_v, x, float(eps), float(scale), bool(native))
