@@ -46,20 +46,6 @@ def _positive(name):
     return parse
 
 
-def _setup_distributed():
-    """Under torchrun (WORLD_SIZE > 1): init the default process group (NCCL on CUDA, else gloo)."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-        return True
-    return False
-
-
 def cmd_train(args):
     from reidkern.engine.plots import plot_curves
     from reidkern.engine.run import check_out_dir, format_scores, load_dataset, train
@@ -75,13 +61,17 @@ def cmd_train(args):
         raise ValueError(f"--out: {out!r} exists and is a file, not a folder")
     if args.resume and not os.path.isfile(args.resume):
         raise FileNotFoundError(f"--resume: checkpoint {args.resume!r} does not exist")
-    ddp = _setup_distributed()
+    from reidkern.engine.ddp import end_distributed, init_distributed
+
+    ddp = init_distributed()
     ds = load_dataset(recipe, args.dataset, args.data)
     check_out_dir(out)  # created only once the arguments and the data are known to be good
+    done = False
     try:
         res = train(recipe, ds, out, steps=args.steps, epochs=args.epochs, amp=args.amp, resume=args.resume,
                     device=args.device, num_workers=args.workers, eval_before=args.eval_before,
                     checkpoint_every=args.checkpoint_every, dataset_name=args.dataset)
+        done = True
     except KeyboardInterrupt:
         last = os.path.join(out, "last.pt")
         print(f"\nreidkern train: interrupted; the last complete checkpoint is {last if os.path.exists(last) else 'none yet'}"
@@ -89,8 +79,7 @@ def cmd_train(args):
         return 130
     finally:
         if ddp:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+            end_distributed(barrier=done)  # a failing rank must not wait for the others
     if int(os.environ.get("RANK", "0")) == 0:
         plot_curves(os.path.join(out, "metrics.jsonl"), os.path.join(out, "curves.png"))
         b, a = res.get("before"), res.get("after")
