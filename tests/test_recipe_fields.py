@@ -210,3 +210,104 @@ def test_lf2_pseudo_label_clustering_follows_the_recipe_seed():
     hook.on_train_start(types.SimpleNamespace(recipe=recipe))
     expect = np.random.Generator(np.random.PCG64(7)).integers(0, 2**31 - 1, size=3)
     assert hook.step.rng.integers(0, 2**31 - 1, size=3).tolist() == expect.tolist()
+
+
+# --- settings the engine reads only under another setting (momentum, milestones, gamma,
+# warmup_factor, rerank_grid): refused under the setting that ignores them, applied otherwise
+
+GRID = ((10, 6, 0.3),)
+
+
+@pytest.mark.parametrize("name,overrides,field", [
+    ("baseline", dict(momentum=0.5), "momentum"),  # adam
+    ("baseline", dict(optimizer="adamw", momentum=0.5), "momentum"),
+    ("osnet", dict(milestones=(1, 2)), "milestones"),  # cosine
+    ("osnet", dict(gamma=0.5), "gamma"),
+    ("baseline", dict(scheduler="cosine", gamma=0.5), "gamma"),
+    ("lf2", dict(gamma=0.5), "gamma"),  # step with no milestones
+    ("baseline", dict(milestones=(), gamma=0.5), "gamma"),
+    ("la_transformer", dict(warmup_factor=0.1), "warmup_factor"),  # warmup_epochs=0
+    ("baseline", dict(warmup_epochs=0, warmup_factor=0.1), "warmup_factor"),
+    ("baseline", dict(rerank_grid=GRID), "rerank_grid"),  # rerank=False
+    ("osnet", dict(val_ids=0, rerank_grid=GRID), "rerank_grid"),  # no validation split
+])
+def test_settings_without_effect_are_refused(name, overrides, field):
+    with pytest.raises(ValueError, match=f"^{field}: .* has no effect with "):
+        get_recipe(name, **overrides)
+    own = {**overrides, field: getattr(get_recipe(name), field)}
+    get_recipe(name, **own)  # the recipe's own value passes under any setting
+
+
+def test_refusal_message_names_field_value_and_reason():
+    with pytest.raises(ValueError, match=r"^momentum: 0.5 has no effect with optimizer 'adam' \(SGD only\)"):
+        get_recipe("baseline", momentum=0.5)
+    # a later replace that switches the setting off refuses the value set before
+    import dataclasses
+    sgd = get_recipe("baseline", optimizer="sgd", momentum=0.5)
+    with pytest.raises(ValueError, match="^momentum: 0.5 has no effect with optimizer 'adam'"):
+        dataclasses.replace(sgd, optimizer="adam")
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        get_recipe("baseline", _defaults={})
+
+
+def _lrs(recipe, steps):
+    from reidkern.engine.schedule import build_optimizer, build_scheduler
+
+    opt = build_optimizer(recipe, nn.Linear(2, 2))
+    sched = build_scheduler(recipe, opt, steps)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return opt, out
+
+
+def test_momentum_reaches_sgd():
+    from reidkern.engine.schedule import build_optimizer
+
+    opt = build_optimizer(get_recipe("baseline", optimizer="sgd", momentum=0.5), nn.Linear(2, 2))
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.5
+    assert build_optimizer(get_recipe("baseline", optimizer="sgd"), nn.Linear(2, 2)).param_groups[0]["momentum"] == 0.9
+
+
+def test_milestones_and_gamma_reach_the_step_schedule():
+    # osnet is cosine; switched to step, its milestones/gamma are read: lr × 0.5 from recipe epoch 2 of 4
+    r = get_recipe("osnet", scheduler="step", milestones=(2,), gamma=0.5, warmup_epochs=0)
+    _, lrs = _lrs(r, 8)
+    assert lrs == pytest.approx([1e-4] * 4 + [5e-5] * 4)
+    _, lrs = _lrs(get_recipe("lf2", milestones=(40,), gamma=0.5, epochs=80), 8)  # lf2: no milestones by default
+    assert lrs == pytest.approx([3.5e-4] * 4 + [1.75e-4] * 4)
+
+
+def test_warmup_factor_reaches_the_warmup():
+    # la_transformer has no warm-up; with one, warmup_factor sets the first step's lr
+    r = get_recipe("la_transformer", warmup_epochs=3, warmup_factor=0.1)
+    _, lrs = _lrs(r, 30)
+    assert lrs[0] == pytest.approx(0.1 * 3e-4) and lrs[3] == pytest.approx(3e-4)
+    _, lrs = _lrs(get_recipe("baseline", warmup_factor=0.1), 120)
+    assert lrs[0] == pytest.approx(3.5e-5)
+
+
+def test_rerank_grid_accepted_where_train_chooses_with_it():
+    r = get_recipe("baseline", rerank=True, rerank_grid=GRID)
+    assert r.rerank_grid == GRID and r.val_ids > 0
+
+
+@pytest.mark.parametrize("name", ["cal", "lgur"])
+def test_task_protocols_refuse_rerank_params(name):
+    with pytest.raises(ValueError, match=f"^rerank_params: the '{name}' recipe does not read it"):
+        get_recipe(name, rerank_params=(10, 6, 0.3))
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_recipe_builds_with_its_own_mode_settings_under_any_mode(name):
+    # the recipe's own values pass whatever the other settings, so defaults never break a recipe
+    r = get_recipe(name)
+    for over in (dict(optimizer="sgd"), dict(optimizer="adam"), dict(scheduler="cosine"), dict(scheduler="step"),
+                 dict(warmup_epochs=0), dict(rerank=False), dict(val_ids=0)):
+        try:
+            get_recipe(name, **over)
+        except ValueError as e:  # only a part's own fixed field may refuse (e.g. cal's rerank)
+            assert "does not read it" in str(e), (name, over, e)
+    assert r._defaults == {f: getattr(r, f) for f in ("momentum", "milestones", "gamma", "warmup_factor", "rerank_grid")}

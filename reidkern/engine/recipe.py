@@ -40,6 +40,42 @@ _PARTS = ("build_model", "compute_loss", "extract", "param_groups", "hooks", "tr
 _SMOOTHING_PARTS = ("build_model", "compute_loss")
 
 
+def _why_no_effect(r: "Recipe", name: str) -> Optional[str]:
+    """Why the engine does not read ``name`` under ``r``'s other settings, or None when it does.
+
+    These are the engine's own readers (``schedule.build_optimizer`` / ``build_scheduler``,
+    ``run.train``'s re-ranking choice), so the rule is the same for every recipe."""
+    if name == "momentum":
+        if str(r.optimizer).lower() != "sgd":
+            return f"with optimizer {r.optimizer!r} (SGD only)"
+    elif name in ("milestones", "gamma"):
+        if str(r.scheduler).lower() != "step":
+            return f"with scheduler {r.scheduler!r} ('step' only)"
+        if name == "gamma" and not r.milestones:
+            return "with no milestones (milestones=())"
+    elif name == "warmup_factor":
+        if not r.warmup_epochs > 0:
+            return f"with warmup_epochs={r.warmup_epochs!r} (no warm-up)"
+    elif name == "rerank_grid":
+        if not r.rerank:
+            return "with rerank=False (the grid chooses the re-ranking's k1, k2, lambda_value)"
+        if not r.val_ids:
+            return f"with val_ids={r.val_ids!r} (the grid is chosen on the validation split)"
+        if r.evaluate is not None:
+            return "with a task protocol (evaluate) in place of the image-ReID one"
+    return None
+
+
+# Fields the engine reads only under another field's setting (see _why_no_effect). A value other
+# than the recipe's own one (``Recipe._defaults``) under a setting that ignores it is refused.
+_MODE_FIELDS = ("momentum", "milestones", "gamma", "warmup_factor", "rerank_grid")
+
+
+def _plain(v: Any) -> Any:
+    """Lists and tuples compared alike (``milestones=[40, 70]`` is ``(40, 70)``)."""
+    return tuple(_plain(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def fixed_fields(**fields: Tuple[Any, str]):
     """Mark a recipe part (a function or class used as ``compute_loss``, ``train_sampler``,
     ``evaluate`` …) as not reading some recipe fields: ``fields`` maps a field name to
@@ -76,6 +112,11 @@ class Recipe:
         param_groups: ``param_groups(model, lr) -> list of optimizer groups`` (own lrs per part).
         epochs, scheduler (``"step"`` | ``"cosine"``), milestones (epochs), gamma, warmup_epochs,
             warmup_factor: the learning-rate schedule, built from torch.optim.lr_scheduler.
+            ``momentum`` (SGD only), ``milestones`` (step schedule only), ``gamma`` (step schedule
+            with milestones) and ``warmup_factor`` (``warmup_epochs > 0`` only) are refused with
+            a ValueError naming the field under a setting that ignores them, unless they hold the
+            recipe's own value (the one it was first constructed with); so is ``rerank_grid``
+            without ``rerank``, a validation split (``val_ids``) and the image-ReID protocol.
         metric: distance used at test time (``"cosine"`` or ``"euclidean"``).
         hooks: extra engine hooks (layer freezing, EMA teacher, per-epoch pseudo-labels); a
             list of objects, or a callable ``hooks(model) -> list`` when a hook needs the model.
@@ -164,6 +205,9 @@ class Recipe:
     channels_last: bool = False
     onnx_eval: bool = False
     precise_bn: int = 0
+    # The values of _MODE_FIELDS the recipe was first constructed with (its own defaults): filled
+    # by __post_init__ and carried by dataclasses.replace. Not a setting (get_recipe refuses it).
+    _defaults: Optional[Dict[str, Any]] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Runs on construction and on every dataclasses.replace (get_recipe's overrides): the
@@ -183,6 +227,19 @@ class Recipe:
                 if value != accepted:
                     raise ValueError(f"{name}: the {self.name!r} recipe does not read it ({part}: {why}); "
                                      f"expected {accepted!r}, got {value!r}")
+        # Settings read only under another setting (momentum with SGD, milestones/gamma with the
+        # step schedule, warmup_factor with a warm-up, rerank_grid with re-ranking on a validation
+        # split): a value other than the recipe's own under a setting that ignores it is refused.
+        if self._defaults is None:
+            self._defaults = {name: getattr(self, name) for name in _MODE_FIELDS}
+        for name in _MODE_FIELDS:
+            value, own = getattr(self, name), self._defaults.get(name)
+            if _plain(value) == _plain(own):
+                continue
+            why = _why_no_effect(self, name)
+            if why is not None:
+                raise ValueError(f"{name}: {value!r} has no effect {why}; the {self.name!r} recipe's own "
+                                 f"value {own!r} is the only one accepted there")
 
 
 _RECIPES: Dict[str, Callable[[], Recipe]] = {}
@@ -221,7 +278,7 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     if name not in _RECIPES:
         raise ValueError(f"model: unknown recipe {name!r}; known: {', '.join(names) or 'none'}")
     recipe = _RECIPES[name]()
-    known = {f.name for f in fields(Recipe)}
+    known = {f.name for f in fields(Recipe) if not f.name.startswith("_")}
     bad = sorted(set(overrides) - known)
     if bad:
         raise ValueError(f"overrides: unknown recipe field(s) {bad}; known: {sorted(known)}")

@@ -88,6 +88,8 @@ def _epoch_indices(recipe, records, batch_size: int) -> Callable[[int], list]:
 def _config(recipe, **run) -> Dict[str, Any]:
     fields = {}
     for f in dataclasses.fields(recipe):
+        if f.name.startswith("_"):  # bookkeeping (Recipe._defaults), not a setting
+            continue
         v = getattr(recipe, f.name)
         fields[f.name] = v if isinstance(v, (int, float, str, bool, type(None), list, tuple, dict)) else repr(v)
     return {"run": run, "recipe": json.loads(json.dumps(fields, default=repr))}

@@ -119,7 +119,8 @@ def evaluate_trials(model, recipe, query: Sequence, gallery_pool: Sequence, tria
 
 
 @fixed_fields(rerank=(False, "the SYSU-MM01 protocol here has no re-ranking"),
-              onnx_eval=(False, "features from the PyTorch model"))
+              onnx_eval=(False, "features from the PyTorch model"),
+              rerank_params=((20, 6, 0.3), "no re-ranking, so no (k1, k2, lambda_value)"))
 def _evaluate(model, recipe, query, gallery, *, device=None, amp=None, num_workers=0, progress=False):
     """The engine's evaluation: the SYSU-MM01 protocol on one gallery (one trial)."""
     res = evaluate_trials(model, recipe, query, gallery, None, device=device, amp=amp,

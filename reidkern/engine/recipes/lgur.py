@@ -121,7 +121,8 @@ def build_dataset(records, transform):
 
 @fixed_fields(flip_test=(False, "text-to-image features without flip averaging, as the paper"),
               rerank=(False, "the text-to-image protocol has no re-ranking here"),
-              onnx_eval=(False, "features from the PyTorch model"))
+              onnx_eval=(False, "features from the PyTorch model"),
+              rerank_params=((20, 6, 0.3), "no re-ranking, so no (k1, k2, lambda_value)"))
 @torch.no_grad()
 def evaluate(model, recipe, query, gallery, batch_size: int = 64, device=None, **kwargs) -> Dict[str, float]:
     """Text→image retrieval: ``query`` caption records (records with several captions, e.g. a
