@@ -122,7 +122,7 @@ REIDKERN_INLINE void fwd_range(FoldGeom G, FoldFwdArgs<T> a, Blas blas, int64_t 
     T *mu = a.mu + b * L, *rstd = a.rstd + b * L;
     T *tc = a.tc + b * M * L, *p = a.p + b * M * L, *u = a.u + b * M * C;
     const MatView x = G.x_of(a.x, b, sizeof(T));
-    token_stats<T, VB>(G, a.x + b * G.xb, a.eps, mu, rstd);
+    token_stats<T, VB>(G, static_cast<const T*>(x.data), a.eps, mu, rstd);
     row_sums<T, VB>(gb, M, C, gs.data());
     blas.mm(row_major(gb, M, C, C), x.t(), tc, L);  // g xᵀ
     for (int64_t i = 0; i < M; ++i) {
@@ -198,10 +198,10 @@ REIDKERN_INLINE void bwd_range(FoldGeom G, FoldBwdArgs<T> a, Blas blas, int64_t 
     blas.mm(row_major(dt, M, L, L), x, gg, C);  // dT x, then − Σ_j dT_ij μ_j
     for (int64_t i = 0; i < M; ++i) add_scalar<T, VB>(gg + i * C, C, -dtm[i]);
     // ∂x = gᵀ dT + (∂U)ᵀ R + x bb + aa, in x's layout
-    const T* xb = a.x + b * G.xb;
+    const T* xb = static_cast<const T*>(x.data);
     T* gxb = a.gx + b * a.gb;
     const MatView gc = row_major(gcat.data(), 2 * M, C, C), dc = row_major(dcat.data(), 2 * M, L, L);
-    if (a.gl == 1) {  // [C, L] rows
+    if (a.gl == 1) {  // [C, L] rows, as x's (the map layout: x's tokens are contiguous too)
       blas.mm(gc.t(), dc, gxb, a.gc);
       using Vt = typename vec::V<T, VB>::type;
       constexpr int W = vec::V<T, VB>::W;
@@ -209,13 +209,12 @@ REIDKERN_INLINE void bwd_range(FoldGeom G, FoldBwdArgs<T> a, Blas blas, int64_t 
         T* o = gxb + c * a.gc;
         const T* xr = xb + c * G.xc;
         int64_t j = 0;
-        if (G.xl == 1)
-          for (; j + W <= L; j += W) {
-            const Vt v = vec::load<VB>(o + j) + vec::load<VB>(xr + j) * vec::load<VB>(bb.data() + j) +
-                         vec::load<VB>(aa.data() + j);
-            vec::store(o + j, v);
-          }
-        for (; j < L; ++j) o[j] += xr[j * G.xl] * bb[j] + aa[j];
+        for (; j + W <= L; j += W) {
+          const Vt v = vec::load<VB>(o + j) + vec::load<VB>(xr + j) * vec::load<VB>(bb.data() + j) +
+                       vec::load<VB>(aa.data() + j);
+          vec::store(o + j, v);
+        }
+        for (; j < L; ++j) o[j] += xr[j] * bb[j] + aa[j];
       }
     } else {  // [L, C] rows
       blas.mm(dc.t(), gc, gxb, a.gl);
@@ -302,7 +301,8 @@ std::tuple<Tensor, Tensor> folded_attention_bwd_cpu(const Tensor& grad_u,
   const auto st = g.scalar_type();
   const auto dev = g.device();
   auto grad_g = torch::stable::empty({G.B, G.M, G.C}, st, std::nullopt, dev);
-  // the gradient of x in x's layout: a transposed [B, C, L] map gets its gradient as one
+  // the gradient of x in x's layout: a transposed [B, C, L] map gets its gradient as one (the same
+  // rule as folded_norm.py's _map_layout)
   const bool map = G.xl == 1 && G.L > 1;
   Tensor gx = map ? torch::stable::empty({G.B, G.C, G.L}, st, std::nullopt, dev)
                   : torch::stable::empty({G.B, G.L, G.C}, st, std::nullopt, dev);

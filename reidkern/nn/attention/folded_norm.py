@@ -24,6 +24,13 @@ from torch.autograd.function import once_differentiable
 
 from reidkern._library import native_available
 
+
+def _map_layout(x):
+    """Whether x [B, L, C] is a transposed [B, C, L] map (its tokens contiguous), whose gradient is
+    then given in that layout too (the compiled kernel's rule as well)."""
+    return x.stride(1) == 1 and x.shape[1] > 1
+
+
 if native_available():
     @torch.library.register_fake("reidkern::folded_attention_fwd")
     def _(g, x, eps, scale):
@@ -35,7 +42,7 @@ if native_available():
     @torch.library.register_fake("reidkern::folded_attention_bwd")
     def _(grad_u, grad_p, g, x, p, tc, mu, rstd, scale):
         B, L, C = x.shape
-        if x.stride(1) == 1 and L > 1:  # x's layout, as the kernel answers
+        if _map_layout(x):
             return g.new_empty(g.shape), g.new_empty(B, C, L).transpose(1, 2)
         return g.new_empty(g.shape), g.new_empty(B, L, C)
 
@@ -101,7 +108,7 @@ def _backward_chunks(grad_u_all, grad_p, g_all, gs_all, x, p_all, tc_all, mu_all
     B, M, C = g_all.shape
     L = x.shape[1]
     grad_g_all = g_all.new_empty(B, M, C)
-    bcl = x.transpose(1, 2).is_contiguous()  # x is a transposed [B, C, L] map: answer in kind
+    bcl = _map_layout(x)  # x is a transposed [B, C, L] map: answer in kind
     gx_all = x.new_empty(B, C, L) if bcl else x.new_empty(B, L, C)
     for b0, b1 in _chunks(B, M, C, x.element_size()):
         xc, g, gs, grad_u = x[b0:b1], g_all[b0:b1], gs_all[b0:b1], grad_u_all[b0:b1]
