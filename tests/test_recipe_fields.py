@@ -177,10 +177,46 @@ def test_refusal_follows_the_part_in_use():
         Recipe(**{**base.__dict__, "evaluate": evaluate, "metric": "euclidean"})
 
 
-@pytest.mark.parametrize("value", [-0.1, 1.0, True, "0.1"])
-def test_label_smoothing_range(value):
-    with pytest.raises(ValueError, match="^label_smoothing: expected a number in \\[0, 1\\)"):
-        get_recipe("baseline", label_smoothing=value)
+def _smoothing_takers():
+    """Every constructor that takes ``label_smoothing``: ``make(ε) -> object with .label_smoothing``."""
+    from reidkern.engine.recipes._self_loss import SmoothedBuilder
+    from reidkern.engine.recipes.baseline import ce_triplet_loss
+    from reidkern.engine.recipes.lf2 import LF2StepLoss, _SourceLoss
+    from reidkern.models.dpti import DPTI
+    from reidkern.models.la_transformer import LATransformer
+    from reidkern.models.lf2 import LF2Loss
+    from reidkern.models.lf2_eager import EagerLF2Loss
+    from reidkern.nn.losses import AMSoftmaxLoss
+
+    return {
+        "recipe": lambda e: get_recipe("baseline", label_smoothing=e),
+        "recipe-direct": lambda e: Recipe(name="r", task="image", build_model=nn.Linear, compute_loss=None,
+                                          extract=None, label_smoothing=e),
+        "DPTI": lambda e: DPTI(5, label_smoothing=e, **_dpti_kwargs()),
+        "LATransformer": lambda e: LATransformer(5, img_size=(32, 16), patch_size=8, embed_dim=16, depth=1,
+                                                 num_heads=2, label_smoothing=e),
+        "LF2Loss": lambda e: LF2Loss(label_smoothing=e),
+        "EagerLF2Loss": lambda e: EagerLF2Loss(label_smoothing=e),
+        "AMSoftmaxLoss": lambda e: AMSoftmaxLoss(4, 3, label_smoothing=e),
+        "CETripletLoss": lambda e: ce_triplet_loss(label_smoothing=e),
+        "LF2StepLoss": lambda e: LF2StepLoss(e),
+        "lf2 _SourceLoss": lambda e: _SourceLoss(e),
+        "SmoothedBuilder": lambda e: SmoothedBuilder(DPTI, e),
+    }
+
+
+@pytest.mark.parametrize("taker", ["recipe", "recipe-direct", "DPTI", "LATransformer", "LF2Loss", "EagerLF2Loss",
+                                   "AMSoftmaxLoss", "CETripletLoss", "LF2StepLoss", "lf2 _SourceLoss",
+                                   "SmoothedBuilder"])
+def test_label_smoothing_has_one_range_everywhere(taker):
+    # [0, 1): ε = 1 makes the target uniform (nothing learnt), so the recipe, the models and the
+    # losses all refuse it with the same message; just below 1 is accepted
+    make = _smoothing_takers()[taker]
+    for value in (1.0, 1, -0.1, float("nan"), True, "0.1", None):
+        with pytest.raises(ValueError, match="^label_smoothing: expected a number in \\[0, 1\\) "):
+            make(value)
+    assert make(0.999).label_smoothing == 0.999
+    assert make(0).label_smoothing == 0.0
 
 
 def test_model_kwargs_cannot_contradict_the_recipe_field():

@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from reidkern.ops._validate import check_label_smoothing
+
 __all__ = ["Recipe", "register_recipe", "get_recipe", "recipe_names", "fixed_fields"]
 
 LossFn = Callable[[nn.Module, Dict[str, torch.Tensor]], Tuple[torch.Tensor, Dict[str, float]]]
@@ -213,9 +215,7 @@ class Recipe:
         # Runs on construction and on every dataclasses.replace (get_recipe's overrides): the
         # label smoothing is bound into the parts that read it, and fields a part does not read
         # are refused unless they hold the part's own value.
-        eps = self.label_smoothing
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
-            raise ValueError(f"label_smoothing: expected a number in [0, 1), got {eps!r}")
+        eps = check_label_smoothing(self.label_smoothing)
         for part in _SMOOTHING_PARTS:
             fn = getattr(self, part)
             rebind = getattr(fn, "with_label_smoothing", None)

@@ -7,6 +7,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from reidkern.ops._validate import check_label_smoothing  # noqa: F401  (the models' one rule for ε)
+
 from .weights import WeightsLike, as_state_dict
 
 

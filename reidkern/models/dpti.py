@@ -20,7 +20,7 @@ from torch import nn
 
 from reidkern.nn import PartDiversityLoss, PartTemplateInit, TemplateCrossAttention, TripletLoss
 
-from ._common import check_float, check_int, check_num_classes, check_pids, eval_features, not_this_model
+from ._common import check_float, check_int, check_label_smoothing, check_num_classes, check_pids, eval_features, not_this_model
 from .backbones.resnet import STAGE_CHANNELS, STAGES, ResNetTrunk, _check_image
 from .weights import LoadResult, WeightsLike, as_state_dict, load_weights
 
@@ -157,7 +157,7 @@ class DPTI(nn.Module):
         self.part_weighting, self.detach_rho, self.backend = bool(part_weighting), bool(detach_rho), backend
         self.alpha, self.beta, self.gamma = (check_float(alpha, "alpha"), check_float(beta, "beta"),
                                              check_float(gamma, "gamma"))
-        self.label_smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         ffn = 2 * dim
         self.backbone = ResNetTrunk(STAGES[:STAGES.index(final_stage) + 1], last_stride=last_stride)
         self.reduce = nn.Conv2d(STAGE_CHANNELS[mid_stage], dim, 1, bias=not reduce_norm)

@@ -24,7 +24,7 @@ from torch import nn
 from reidkern.nn import TripletLoss
 from reidkern.nn.classifiers import PartClassBlocks
 
-from ._common import check_float, check_int, check_num_classes, check_pids, eval_features, not_this_model
+from ._common import check_float, check_int, check_label_smoothing, check_num_classes, check_pids, eval_features, not_this_model
 from .backbones.vit import VisionTransformer, _pair
 from .weights import LoadResult, WeightsLike, as_state_dict, load_weights
 
@@ -89,7 +89,7 @@ class LATransformer(nn.Module):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         self.img_size = _pair(img_size, "img_size")
-        self.label_smoothing = check_float(label_smoothing, "label_smoothing", 0.0, 1.0)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.lmbd = check_float(lmbd, "lmbd")
         self.y_pooling, self.metric_loss = bool(y_pooling), bool(metric_loss)
         self.flip_test, self.test_gelt = bool(flip_test), bool(test_gelt)

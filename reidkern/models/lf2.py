@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._common import check_label_smoothing
 from .backbones.resnet import ResNet50
 
 __all__ = ["ChannelAttention", "FeatureFusion", "LF2Net", "LF2", "LF2Output", "LF2Loss", "lf2_resnet50",
@@ -402,9 +403,7 @@ class LF2Loss(nn.Module):
         super().__init__()
         from reidkern.nn import SoftTripletLoss
 
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.part_weight = part_weight
         self.triplet = SoftTripletLoss(margin=margin, metric="euclidean", backend=backend)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._common import check_label_smoothing
 from .lf2 import LF2, LF2Output
 
 __all__ = ["eager_soft_triplet", "EagerLF2Loss", "LF2Eager"]
@@ -38,7 +39,8 @@ class EagerLF2Loss(nn.Module):
 
     def __init__(self, label_smoothing: float = 0.1, part_weight: float = 0.5, margin: float = 0.0):
         super().__init__()
-        self.label_smoothing, self.part_weight, self.margin = label_smoothing, part_weight, margin
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self.part_weight, self.margin = part_weight, margin
 
     def forward(self, out_g: LF2Output, y_g, out_u: LF2Output, y_u, out_l: LF2Output, y_l):
         ce = F.cross_entropy(out_g.logits, y_g, label_smoothing=self.label_smoothing)

@@ -1,5 +1,6 @@
 """Argument checks shared by the ops: clear ValueError/TypeError naming the argument."""
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -77,6 +78,17 @@ def check_int(v, name: str, minimum=None, maximum=None) -> int:
     if maximum is not None and v > maximum:
         raise ValueError(f"{name} must be <= {maximum}, got {v}")
     return v
+
+
+def check_label_smoothing(value, name: str = "label_smoothing") -> float:
+    """ε of a label-smoothed cross-entropy as a float in [0, 1); ValueError naming ``name``
+    otherwise (bools, strings, NaN refused). ε = 1 is refused although ``F.cross_entropy``
+    accepts it: the target is then uniform over the classes and nothing is learnt. The one rule
+    for every place that takes it (recipes, models, losses)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1) (1 makes the target uniform: nothing "
+                         f"is learnt), got {value!r}")
+    return float(value)
 
 
 def check_tile_rows(v, name: str = "tile_rows"):

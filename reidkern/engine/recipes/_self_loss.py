@@ -8,6 +8,8 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
+from reidkern.ops._validate import check_label_smoothing
+
 __all__ = ["SmoothedBuilder", "build_with_weights", "self_loss", "eval_forward"]
 
 
@@ -32,7 +34,7 @@ class SmoothedBuilder:
     """
 
     def __init__(self, builder, label_smoothing: float = 0.0):
-        self.builder, self.label_smoothing = builder, float(label_smoothing)
+        self.builder, self.label_smoothing = builder, check_label_smoothing(label_smoothing)
 
     def with_label_smoothing(self, label_smoothing: float) -> "SmoothedBuilder":
         return SmoothedBuilder(self.builder, label_smoothing)

@@ -14,6 +14,7 @@ from reidkern.distributed import ddp_loss
 from reidkern.engine.recipe import Recipe, register_recipe
 from reidkern.models.baseline import baseline_resnet50
 from reidkern.nn.losses import TripletLoss
+from reidkern.ops._validate import check_label_smoothing
 
 
 class CETripletLoss:
@@ -24,7 +25,7 @@ class CETripletLoss:
 
     def __init__(self, label_smoothing: float = 0.1, margin: float = 0.3, metric: str = "euclidean",
                  normalize_feature: bool = False, triplet_weight: float = 1.0):
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.margin, self.metric, self.normalize_feature = margin, metric, normalize_feature
         self.triplet_weight = triplet_weight
         self.triplet = TripletLoss(margin=margin, metric=metric, normalize_feature=normalize_feature, gather=True)

@@ -29,6 +29,7 @@ import torch
 
 from reidkern.engine.recipe import Recipe, register_recipe
 from reidkern.models.lf2 import LF2, LF2Loss, LF2Net, lf2_osnet_x0_25, lf2_resnet50
+from reidkern.ops._validate import check_label_smoothing
 from reidkern.uda import PseudoLabelStep, pseudo_label_quality
 from reidkern.uda.lf2_epoch import BRANCHES, extract_clustering_features, pseudo_label_epoch
 
@@ -287,7 +288,7 @@ class LF2StepLoss:
     override)."""
 
     def __init__(self, label_smoothing: float = 0.1):
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.loss_fn = LF2Loss(label_smoothing=self.label_smoothing)
 
     def with_label_smoothing(self, label_smoothing: float) -> "LF2StepLoss":
@@ -397,7 +398,7 @@ class _SourceLoss:
     logits + soft triplet (margin 0) on the pooled features."""
 
     def __init__(self, label_smoothing: float = 0.1):
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = check_label_smoothing(label_smoothing)
 
     def with_label_smoothing(self, label_smoothing: float) -> "_SourceLoss":
         return _SourceLoss(label_smoothing)

@@ -61,7 +61,8 @@ class AMSoftmaxLoss(nn.Module):
         if in_features < 1 or num_classes < 1:
             raise ValueError("in_features and num_classes must be >= 1")
         self.in_features, self.num_classes = int(in_features), int(num_classes)
-        self.margin, self.scale, self.label_smoothing = float(margin), float(scale), float(label_smoothing)
+        self.margin, self.scale = float(margin), float(scale)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing)
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.normal_(self.weight, std=0.01)
 
