@@ -3,6 +3,7 @@ the recipes that smooth their cross-entropy (DPTI and LA-Transformer through the
 BNNeck/OSNet and LF2 recipes through their loss), and the fields a recipe's parts do not read
 (LGUR's and CAL's plain CE, the plain-shuffle samplers' ``num_instances``, the task protocols'
 re-ranking) raise ValueError naming the field instead of being dropped silently."""
+import re
 import types
 
 import numpy as np
@@ -347,3 +348,51 @@ def test_every_recipe_builds_with_its_own_mode_settings_under_any_mode(name):
         except ValueError as e:  # only a part's own fixed field may refuse (e.g. cal's rerank)
             assert "does not read it" in str(e), (name, over, e)
     assert r._defaults == {f: getattr(r, f) for f in ("momentum", "milestones", "gamma", "warmup_factor", "rerank_grid")}
+
+
+# --- a direct construction: its values become the recipe's own, so they must not contradict each
+# other (compared with the field defaults); later overrides are compared with them
+
+def _direct(**kw):
+    return Recipe(name="mine", task="image", build_model=nn.Linear, compute_loss=None, extract=None, **kw)
+
+
+@pytest.mark.parametrize("kw,field,default", [
+    (dict(optimizer="adam", momentum=0.5), "momentum", 0.9),
+    (dict(scheduler="cosine", milestones=(10,)), "milestones", (40, 70)),
+    (dict(scheduler="cosine", gamma=0.5), "gamma", 0.1),
+    (dict(milestones=[], gamma=0.5), "gamma", 0.1),
+    (dict(warmup_epochs=0, warmup_factor=0.1), "warmup_factor", 0.01),
+    (dict(rerank_grid=GRID), "rerank_grid", None),
+    (dict(rerank=True, val_ids=0, rerank_grid=GRID), "rerank_grid", None),
+])
+def test_contradictory_direct_construction_is_refused(kw, field, default):
+    with pytest.raises(ValueError, match=f"^{field}: .* has no effect with .*; the field's default "
+                                         f"{re.escape(repr(default))} is the only one accepted there"):
+        _direct(**kw)
+    _direct(**{**kw, field: default})  # the default passes
+
+
+def test_direct_construction_declares_the_recipes_own_values():
+    import dataclasses
+
+    r = _direct(optimizer="sgd", momentum=0.5, scheduler="cosine", warmup_epochs=2, warmup_factor=0.1)
+    assert r._defaults["momentum"] == 0.5 and r._defaults["warmup_factor"] == 0.1
+    adam = dataclasses.replace(r, optimizer="adam", warmup_epochs=0)  # its own values pass in any mode
+    assert (adam.momentum, adam.warmup_factor) == (0.5, 0.1)
+    with pytest.raises(ValueError, match="^momentum: 0.7 has no effect with optimizer 'adam'.*'mine' recipe's own value 0.5"):
+        dataclasses.replace(adam, momentum=0.7)
+    with pytest.raises(ValueError, match="^scheduler: expected 'step' or 'cosine', got 'linear'"):
+        _direct(scheduler="linear")
+    with pytest.raises(ValueError, match="^optimizer: expected 'adam', 'adamw' or 'sgd', got 'lbfgs'"):
+        _direct(optimizer="lbfgs")
+
+
+def test_la_transformer_schedule_is_constant():
+    # the official notebook never steps its scheduler: the recipe's step schedule has no milestones,
+    # so its gamma (now the field default, once 1.0) is never applied
+    for name in ("la_transformer", "la_transformer_improved"):
+        r = get_recipe(name)
+        assert r.milestones == () and r.warmup_epochs == 0
+        _, lrs = _lrs(r, 20)
+        assert lrs == pytest.approx([3e-4] * 20)

@@ -17,13 +17,15 @@ engine's loader:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from reidkern.ops._validate import check_label_smoothing
+
+from .schedule import OPTIMIZERS, SCHEDULERS
 
 __all__ = ["Recipe", "register_recipe", "get_recipe", "recipe_names", "fixed_fields"]
 
@@ -117,8 +119,11 @@ class Recipe:
             ``momentum`` (SGD only), ``milestones`` (step schedule only), ``gamma`` (step schedule
             with milestones) and ``warmup_factor`` (``warmup_epochs > 0`` only) are refused with
             a ValueError naming the field under a setting that ignores them, unless they hold the
-            recipe's own value (the one it was first constructed with); so is ``rerank_grid``
-            without ``rerank``, a validation split (``val_ids``) and the image-ReID protocol.
+            recipe's own value; so is ``rerank_grid`` without ``rerank``, a validation split
+            (``val_ids``) and the image-ReID protocol. A recipe's own values are those it is
+            constructed with, so a construction compares them with the field defaults
+            (``Recipe(optimizer="adam", momentum=0.5, ...)`` raises) and every later
+            ``dataclasses.replace`` / ``get_recipe`` override with them.
         metric: distance used at test time (``"cosine"`` or ``"euclidean"``).
         hooks: extra engine hooks (layer freezing, EMA teacher, per-epoch pseudo-labels); a
             list of objects, or a callable ``hooks(model) -> list`` when a hook needs the model.
@@ -207,8 +212,8 @@ class Recipe:
     channels_last: bool = False
     onnx_eval: bool = False
     precise_bn: int = 0
-    # The values of _MODE_FIELDS the recipe was first constructed with (its own defaults): filled
-    # by __post_init__ and carried by dataclasses.replace. Not a setting (get_recipe refuses it).
+    # The values of _MODE_FIELDS the recipe was constructed with (its own defaults): filled by
+    # __post_init__ and carried by dataclasses.replace. Not a setting (get_recipe refuses it).
     _defaults: Optional[Dict[str, Any]] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -227,20 +232,32 @@ class Recipe:
                 if value != accepted:
                     raise ValueError(f"{name}: the {self.name!r} recipe does not read it ({part}: {why}); "
                                      f"expected {accepted!r}, got {value!r}")
+        if str(self.optimizer).lower() not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected 'adam', 'adamw' or 'sgd', got {self.optimizer!r}")
+        if str(self.scheduler).lower() not in SCHEDULERS:
+            raise ValueError(f"scheduler: expected 'step' or 'cosine', got {self.scheduler!r}")
         # Settings read only under another setting (momentum with SGD, milestones/gamma with the
         # step schedule, warmup_factor with a warm-up, rerank_grid with re-ranking on a validation
         # split): a value other than the recipe's own under a setting that ignores it is refused.
-        if self._defaults is None:
-            self._defaults = {name: getattr(self, name) for name in _MODE_FIELDS}
+        # A construction (no _defaults yet) compares with the field defaults, so the values it
+        # declares as the recipe's own never contradict each other; a replace compares with them.
+        constructed = self._defaults is None
+        own_values = _FIELD_DEFAULTS if constructed else self._defaults
         for name in _MODE_FIELDS:
-            value, own = getattr(self, name), self._defaults.get(name)
+            value, own = getattr(self, name), own_values.get(name)
             if _plain(value) == _plain(own):
                 continue
             why = _why_no_effect(self, name)
             if why is not None:
-                raise ValueError(f"{name}: {value!r} has no effect {why}; the {self.name!r} recipe's own "
-                                 f"value {own!r} is the only one accepted there")
+                whose = "the field's default" if constructed else f"the {self.name!r} recipe's own value"
+                raise ValueError(f"{name}: {value!r} has no effect {why}; {whose} {own!r} is the only "
+                                 f"one accepted there")
+        if constructed:
+            self._defaults = {name: getattr(self, name) for name in _MODE_FIELDS}
 
+
+# What a construction compares the _MODE_FIELDS with (see __post_init__).
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(Recipe) if f.name in _MODE_FIELDS}
 
 _RECIPES: Dict[str, Callable[[], Recipe]] = {}
 
@@ -272,7 +289,7 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
             field the recipe does not read set to another value than its own (the message names
             the field and the part that ignores it; see :func:`fixed_fields`).
     """
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
     names = recipe_names()
     if name not in _RECIPES:

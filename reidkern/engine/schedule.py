@@ -16,6 +16,9 @@ from torch.optim import lr_scheduler
 
 __all__ = ["build_optimizer", "build_scheduler", "scale_lr", "to_steps"]
 
+OPTIMIZERS = ("adam", "adamw", "sgd")  # recipe.optimizer (any case)
+SCHEDULERS = ("step", "cosine")  # recipe.scheduler (any case)
+
 
 def build_optimizer(recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     """``recipe.optimizer`` over ``recipe.param_groups(model, recipe.lr)``.

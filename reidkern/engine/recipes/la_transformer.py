@@ -108,7 +108,7 @@ def la_transformer_recipe(**kw) -> Recipe:
     r = Recipe(name="la_transformer", task="image", build_model=SmoothedBuilder(build_la_transformer),
                compute_loss=la_compute_loss, extract=la_extract, height=224, width=224, num_instances=1,
                batch_size=32, optimizer="adam", lr=3e-4, weight_decay=5e-4, epochs=30, scheduler="step",
-               milestones=(), gamma=1.0, warmup_epochs=0, metric="cosine", label_smoothing=0.0,
+               milestones=(), warmup_epochs=0, metric="cosine", label_smoothing=0.0,
                flip_test=False, train_sampler=ShuffleSampler, build_transforms=_transforms,
                hooks=_unfreezing_hooks)
     return dataclasses.replace(r, **kw)  # not setattr: the recipe rebinds label_smoothing and checks fields
