@@ -54,6 +54,27 @@ def test_train_step_matches_eager_twin_float64(flags):
     assert model.classifiers.bn_running_mean.abs().sum() > 0
 
 
+@pytest.mark.parametrize("img_size,flags", [(24, dict(y_pooling=True, metric_loss=True, lmbd=3.0)),
+                                            ((40, 24), dict(metric_loss=True))])
+def test_train_step_matches_eager_twin_odd_sizes(img_size, flags):
+    # a 3x3 grid (improved) and a non-square 5x3 one, odd widths, batch 6 with a singleton identity
+    torch.manual_seed(3)
+    model = tiny(num_classes=7, img_size=img_size, embed_dim=10, num_heads=2, depth=1, bottleneck_dim=5,
+                 dropout=0.0, **flags).double()
+    twin = LATransformerEager(model)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, *model.img_size, generator=g, dtype=torch.float64)
+    pids = torch.tensor([0, 0, 1, 1, 1, 2])
+    loss, _ = model.loss(model(x), pids)
+    loss_ref, _ = twin.loss(twin(x), pids)
+    assert_close(loss, loss_ref, **TOL)
+    names, params = zip(*model.named_parameters())
+    grads = dict(zip(names, torch.autograd.grad(loss, params)))
+    grads_ref = twin.stacked_grads(torch.autograd.grad(loss_ref, twin.head_parameters()))
+    for k in names:
+        assert_close(grads[k], grads_ref[k], rtol=1e-8, atol=1e-10, msg=k)
+
+
 def test_twin_blocks_share_the_models_storage():
     model = tiny()
     twin = LATransformerEager(model)

@@ -23,6 +23,7 @@ from torch import nn
 
 from reidkern.nn import TripletLoss
 from reidkern.nn.classifiers import PartClassBlocks
+from reidkern.nn.part_ops import grid_part_pool
 
 from ._common import check_float, check_int, check_label_smoothing, check_num_classes, check_pids, eval_features, not_this_model
 from .backbones.vit import VisionTransformer, _pair
@@ -139,18 +140,9 @@ class LATransformer(nn.Module):
         average of row i's and column i's means (the note's Eq. 2); with ``gelt`` the globally
         enhanced local tokens ``(cls + λ·p_i) / (1 + λ)``.
 
-        CLS and patches come from one ``split`` (its backward is one concatenation, where indexing
-        ``tokens[:, 0]`` and ``tokens[:, 1:]`` would zero-fill a full-size gradient for each)."""
-        B, D = tokens.shape[0], tokens.shape[-1]
-        gh, gw = self.grid
-        cls, patches = tokens.split([1, gh * gw], dim=1)
-        grid = patches.reshape(B, gh, gw, D)
-        parts = grid.mean(dim=2)
-        if self.y_pooling:
-            parts = (parts + grid.mean(dim=1)) / 2
-        if gelt:
-            parts = (cls + self.lmbd * parts) / (1.0 + self.lmbd)
-        return parts
+        One pass over the tokens, and one writing their gradient (reidkern.nn.part_ops)."""
+        w = self.lmbd / (1.0 + self.lmbd) if gelt else 1.0
+        return grid_part_pool(tokens, self.grid, self.y_pooling, 1.0 / (1.0 + self.lmbd) if gelt else 0.0, w)
 
     def test_features(self, parts: torch.Tensor) -> torch.Tensor:
         """Each part L2-normalised and scaled by 1/√P, concatenated: [B, P·D] (unit norm overall)."""

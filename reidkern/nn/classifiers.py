@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reidkern.nn.part_ops import cosine_part_logits
+
 
 class PartClassBlocks(nn.Module):
     """P independent ``ClassBlock``s (Linear → BatchNorm1d → Dropout → Linear), one per part, run
@@ -67,8 +69,8 @@ class PartClassBlocks(nn.Module):
                          self.momentum, self.eps).view(B, P, K)
         z = F.dropout(h, self.dropout, self.training)
         if self.cosine:
-            logits = self.scale * torch.einsum("bpk,pck->bpc", F.normalize(z, dim=-1),
-                                               F.normalize(self.fc2_weight, dim=-1))
+            # the class weights are not normalised as a copy: the logits divide by their norms
+            logits = cosine_part_logits(F.normalize(z, dim=-1), self.fc2_weight, self.scale)
         else:
             logits = torch.einsum("bpk,pck->bpc", z, self.fc2_weight) + self.fc2_bias
         return logits, h
