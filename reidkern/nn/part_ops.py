@@ -106,7 +106,8 @@ class _CosinePartLogits(torch.autograd.Function):
         # through the norm (F.normalize's clamp passes the gradient where norm >= eps):
         # d/dW of raw/n = −(raw/n²)·W/n, summed over the batch
         coef = (gs * raw.to(dt)).sum(dim=1) * (inv.square() * (norm >= ctx.eps)).to(dt)  # [P, C]
-        grad_weight = torch.baddbmm(w * (-coef).unsqueeze(-1), gs.transpose(1, 2), f.transpose(0, 1))
+        # in place: an out-of-place baddbmm would first copy its [P, C, K] input into the result
+        grad_weight = (w * (-coef).unsqueeze(-1)).baddbmm_(gs.transpose(1, 2), f.transpose(0, 1))
         return grad_features, grad_weight, None, None
 
 
