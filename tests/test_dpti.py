@@ -2,6 +2,7 @@
 torch.compile, ONNX, bad input. Small configurations (stages layer1 → layer2, 32×16 images)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reidkern
 from reidkern.models.backbones.resnet import ResNetTrunk, STAGES
@@ -226,3 +227,27 @@ def test_bf16_autocast_training_step():
     model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("B,C,h,w,d,bias,channels_last", [(3, 7, 5, 3, 4, True, False), (1, 5, 1, 1, 3, False, True),
+                                                           (2, 6, 3, 2, 5, False, False), (0, 4, 2, 2, 3, True, False)])
+def test_conv1x1_tokens_equals_conv2d_and_gradcheck(B, C, h, w, d, bias, channels_last):
+    from reidkern.models.dpti import _Conv1x1Tokens
+    g = torch.Generator().manual_seed(B * 100 + C)
+    x = torch.randn(B, C, h, w, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.randn(d, C, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(d, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    x.requires_grad_()
+    out = _Conv1x1Tokens.apply(x.flatten(2), weight, b)
+    ref = F.conv2d(x, weight[:, :, None, None], b).flatten(2).transpose(1, 2)
+    assert out.shape == (B, h * w, d) and out.is_contiguous()
+    torch.testing.assert_close(out, ref)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    inputs = [x, weight] + ([b] if bias else [])
+    for a, r in zip(torch.autograd.grad(out, inputs, go), torch.autograd.grad(ref, inputs, go)):
+        torch.testing.assert_close(a, r)
+    if B:
+        assert torch.autograd.gradcheck(lambda *t: _Conv1x1Tokens.apply(t[0].flatten(2), *t[1:], *([] if bias else [None])),
+                                        inputs)

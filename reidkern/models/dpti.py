@@ -17,6 +17,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from reidkern.nn import PartDiversityLoss, PartTemplateInit, TemplateCrossAttention, TripletLoss
 
@@ -25,6 +26,43 @@ from .backbones.resnet import STAGE_CHANNELS, STAGES, ResNetTrunk, _check_image
 from .weights import LoadResult, WeightsLike, as_state_dict, load_weights
 
 __all__ = ["DPTI", "SpatialEncoder"]
+
+
+class _Conv1x1Tokens(torch.autograd.Function):
+    """A 1×1 convolution from a map to tokens: ``out[b] = x[b]ᵀ Wᵀ (+ bias)``, x [B, C, L] (the
+    flattened [B, C, h, w] map, any strides with one of them 1), weight [d, C], bias [d] or None →
+    [B, L, d] contiguous. Each sample's map is one GEMM operand read in place, so neither the
+    forward (as ``F.linear`` on the transposed map does) nor the weight gradient copies the map
+    into token order. The map's gradient is one GEMM over all tokens (faster than per-sample ones
+    with the weight repacked each time), given as a [B, C, L] view of [B, L, C] memory."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        out = torch.bmm(x.transpose(1, 2), weight.t().expand(x.shape[0], -1, -1))
+        return out.add_(bias) if bias is not None else out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x_in, w_in = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        # under autocast the forward's GEMMs ran in the output's dtype: so do the backward's, and
+        # each gradient comes back in its input's dtype (as through autocast's casts)
+        x, weight = x_in.to(grad_out.dtype), w_in.to(grad_out.dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # one GEMM over all tokens; the map's gradient is a transposed view
+            grad_x = (grad_out @ weight).to(x_in.dtype).transpose(1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight)
+            for b in range(x.shape[0]):  # Σ_b grad_out[b]ᵀ x[b]ᵀ, each sample's map in place
+                grad_w.addmm_(grad_out[b].t(), x[b].t())
+            grad_w = grad_w.to(w_in.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=(0, 1)).to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b
 
 
 class SpatialEncoder(nn.Module):
@@ -39,7 +77,8 @@ class SpatialEncoder(nn.Module):
 
     state_dict names: ``qkv`` (Linear(d, 3d, bias=False); rows = [W_q; W_k; W_v]), ``ffn.0``,
     ``ffn.3``. The three projections run as three GEMMs on views of that weight: with one GEMM,
-    the backward stacks SDPA's three gradients into a copy of the [B, L, 3d] output.
+    the backward stacks the attention's three gradients into a copy of the [B, L, 3d] output. The
+    attention is SDPA on a GPU and matmul + softmax on the CPU.
     Shapes: tokens [B, L, d] → [B, L, d]. Raises ValueError when d is not divisible by num_heads.
     """
 
@@ -59,7 +98,14 @@ class SpatialEncoder(nn.Module):
         B, L, d = f.shape
         H = self.num_heads
         q, k, v = (F.linear(f, w).view(B, L, H, d // H).transpose(1, 2) for w in self.qkv.weight.chunk(3))
-        g = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, d)
+        if f.device.type == "cpu":
+            # β = softmax(qKᵀ/√d_k) kept for the backward: on the CPU, for DPTI's few hundred
+            # tokens, SDPA's flash kernel (which recomputes β blockwise) is the slower one
+            beta = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_((d // H) ** -0.5), dim=-1)
+            g = torch.matmul(beta, v)
+        else:
+            g = F.scaled_dot_product_attention(q, k, v)
+        g = g.transpose(1, 2).reshape(B, L, d)
         return self.ffn(g + f) + g
 
 
@@ -202,11 +248,12 @@ class DPTI(nn.Module):
     def reduce_tokens(self, mid: torch.Tensor) -> torch.Tensor:
         """F_l [B, C_mid, h, w] → the d-channel tokens [B, h·w, d]: ``reduce_norm(reduce(F_l))``.
 
-        The 1×1 conv runs as one GEMM that writes the tokens in the encoder's layout, and the norm
-        runs on that memory (a channels-last view): on the CPU, mkldnn's 1×1 convolution backward
-        is slower than the GEMMs, and its [B, d, h, w] output would be transposed for the encoder.
+        The 1×1 conv runs as per-sample GEMMs (:class:`_Conv1x1Tokens`) that read the map in place
+        and write the tokens in the encoder's layout, and the norm runs on that memory (a
+        channels-last view): on the CPU, mkldnn's 1×1 convolution backward is slower than the GEMMs,
+        and its [B, d, h, w] output would be transposed for the encoder.
         """
-        t = F.linear(mid.flatten(2).transpose(1, 2), self.reduce.weight.flatten(1), self.reduce.bias)
+        t = _Conv1x1Tokens.apply(mid.flatten(2), self.reduce.weight.flatten(1), self.reduce.bias)
         return self.reduce_norm(t.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
 
     def forward_head(self, mid: torch.Tensor, final: torch.Tensor):
