@@ -396,3 +396,68 @@ def test_la_transformer_schedule_is_constant():
         assert r.milestones == () and r.warmup_epochs == 0
         _, lrs = _lrs(r, 20)
         assert lrs == pytest.approx([3e-4] * 20)
+
+
+# --- settings whose effect vanishes only at run time: warned (schedule) or refused (validation)
+
+def _scheduler_warnings(recipe, steps):
+    import warnings
+
+    from reidkern.engine.schedule import build_optimizer, build_scheduler
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_scheduler(recipe, build_optimizer(recipe, nn.Linear(2, 2)), steps)
+    return [str(w.message) for w in caught]
+
+
+def test_schedule_settings_that_vanish_in_a_short_run_are_warned():
+    base = get_recipe("baseline")  # 120 epochs, warm-up 10, milestones 40, 70
+    assert _scheduler_warnings(base, 1200) == []  # the full run: every setting takes effect
+    assert _scheduler_warnings(get_recipe("la_transformer"), 3) == []  # nothing asked, nothing lost
+    msgs = _scheduler_warnings(base, 1)
+    assert msgs == [
+        "warmup_epochs: 10 of the recipe's 120 epochs rounds to 0 of this run's 1 steps: no warm-up, the run "
+        "starts at the full lr",
+        "milestones: 40 of the recipe's 120 epochs maps to step 0 of this run, where the step schedule drops it, "
+        "so the lr is never multiplied by gamma=0.1 there",
+        "milestones: 70 of the recipe's 120 epochs maps to step 1, but this run's last step is 0, so the lr is "
+        "never multiplied by gamma=0.1 there"]
+    msgs = _scheduler_warnings(base, 2)  # both milestones at step 1: one decay, not two
+    assert msgs[1].startswith("milestones: [40, 70] of the recipe's 120 epochs all map to step 1")
+    _, lrs = _lrs(base, 2)
+    assert lrs == pytest.approx([3.5e-4, 3.5e-5])  # what the warning says: ×0.1 once
+    msgs = _scheduler_warnings(get_recipe("baseline", warmup_epochs=50), 12)  # warm-up: 5 steps
+    assert msgs == ["milestones: 40 of the recipe's 120 epochs maps to step 4 within this run's 5-step warm-up, "
+                    "where the step schedule drops it, so the lr is never multiplied by gamma=0.1 there"]
+    _, lrs = _lrs(get_recipe("baseline", warmup_epochs=50), 12)
+    assert lrs[5:] == pytest.approx([3.5e-4] * 2 + [3.5e-5] * 5)  # 40 dropped, 70 (step 7) applied once
+    # a cosine schedule reads no milestones: only its warm-up can vanish
+    assert _scheduler_warnings(get_recipe("osnet"), 3) == [
+        "warmup_epochs: 0.2 of the recipe's 4 epochs rounds to 0 of this run's 3 steps: no warm-up, the run "
+        "starts at the full lr"]
+
+
+def _records(cams_of_pid):
+    from reidkern.data import Record
+
+    return [Record(f"{pid}_{i}.jpg", pid, cam) for pid, cams in enumerate(cams_of_pid) for i, cam in enumerate(cams)]
+
+
+def test_validation_split_that_cannot_choose_is_refused(tmp_path):
+    from reidkern.engine.run import check_validation_split, train
+
+    # every identity seen by one camera only: a held-out id's query has no other-camera gallery image
+    data = types.SimpleNamespace(train=_records([[i % 2, i % 2, i % 2] for i in range(6)]), query=[], gallery=[])
+    with pytest.raises(ValueError, match="^val_ids: no query of the 2 held-out ids has a gallery image of its id "
+                                         "from another camera .* set val_ids=0 to test the last checkpoint"):
+        train(get_recipe("baseline", val_ids=2), data, str(tmp_path))
+    recipe = get_recipe("baseline", val_ids=2)
+    with pytest.raises(ValueError, match="^val_ids: the 2 held-out ids leave 1 validation query and 0 gallery"):
+        check_validation_split(recipe, _records([[0]]), [])
+    check_validation_split(recipe, _records([[0]]), _records([[1]]))  # another camera: a match
+    check_validation_split(recipe, _records([[0]]), _records([[-1]]))  # no camera: a match
+    with pytest.raises(ValueError, match="^val_ids: no query"):
+        check_validation_split(recipe, _records([[0], [1]]), _records([[0], [1]]))  # each id: its query's camera
+    # a task protocol has its own matching rules: only emptiness is refused there
+    check_validation_split(get_recipe("lgur", val_ids=2), _records([[0]]), _records([[0]]))

@@ -158,7 +158,8 @@ class Recipe:
             never choosing on the test set. The best k1 grows with the gallery images per identity
             (Market-1501: ~20 per id; Con-ReID: ~90), which is why it is chosen, not fixed.
         val_ids: identities carved from the training split for validation (best checkpoint);
-            0 = no validation (the last checkpoint is kept).
+            0 = no validation (the last checkpoint is kept). ``run.train`` refuses a carved split
+            that cannot choose (``run.check_validation_split``) rather than keep the last one.
         seed: base seed of sampling, augmentation and initialisation.
         channels_last: run the model in channels-last memory format (measured 3x faster forward
             and ~1.3x faster training step for OSNet on a 2-core AVX CPU).

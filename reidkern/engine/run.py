@@ -30,7 +30,7 @@ from .evaluate import choose_rerank_params, evaluate_model
 from .loader import TrainLoader
 from .trainer import Trainer, _distributed, unwrap
 
-__all__ = ["train", "test", "load_dataset", "build_model_for", "check_out_dir"]
+__all__ = ["train", "test", "load_dataset", "build_model_for", "check_out_dir", "check_validation_split"]
 
 
 def check_out_dir(out_dir: str, arg: str = "--out") -> str:
@@ -102,6 +102,29 @@ def _write_json(obj, path: str) -> None:
         json.dump(obj, f, indent=2)
 
 
+def check_validation_split(recipe, val_q, val_g) -> None:
+    """ValueError naming ``val_ids`` when the carved validation split cannot choose the checkpoint:
+    no query or no gallery image, or (image-ReID protocol) no query with a match in the gallery
+    once same-camera images are dropped (held-out ids seen by one camera only). Testing the last
+    checkpoint instead would silently answer another question than the one asked."""
+    n = recipe.val_ids
+    fix = "hold out other ids (another seed or val_ids) or set val_ids=0 to test the last checkpoint"
+    if not val_q or not val_g:
+        raise ValueError(f"val_ids: the {n} held-out ids leave {len(val_q)} validation query and {len(val_g)} "
+                         f"gallery images, so validation cannot choose the checkpoint; {fix}")
+    if recipe.evaluate is not None:  # a task protocol: its own matching rules
+        return
+    cams: Dict[int, set] = {}
+    for r in val_g:
+        cams.setdefault(r.pid, set()).add(r.camid)
+    # Market protocol (reidkern.metrics.protocols): a gallery image of the query's pid counts unless
+    # it shares the query's camera; camid -1 (no camera) always counts
+    if not any(c - {q.camid} or -1 in c for q in val_q for c in [cams.get(q.pid, set())]):
+        raise ValueError(f"val_ids: no query of the {n} held-out ids has a gallery image of its id from another "
+                         f"camera ({len(val_q)} query, {len(val_g)} gallery images), so validation cannot "
+                         f"choose the checkpoint; {fix}")
+
+
 def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs: Optional[int] = None,
           amp=None, resume: Optional[str] = None, device=None, num_workers: int = 2,
           eval_before: bool = False, test_after: bool = True, checkpoint_every: Optional[int] = None,
@@ -123,7 +146,8 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
 
     Raises:
         ValueError: ``steps``/``epochs`` < 1 or both given, a batch size that does not split into
-            the processes' P×K batches, an ``out_dir`` that is a file; the data layer's and the
+            the processes' P×K batches, an ``out_dir`` that is a file, a validation split that
+            cannot choose the checkpoint (:func:`check_validation_split`); the data layer's and the
             checkpoint loader's errors (naming the file).
     """
     for arg, v in (("--steps", steps), ("--epochs", epochs)):
@@ -141,10 +165,7 @@ def train(recipe, dataset, out_dir: str, *, steps: Optional[int] = None, epochs:
 
     if recipe.val_ids:
         train_recs, val_q, val_g = carve_validation(dataset.train, recipe.val_ids, seed=recipe.seed)
-        if not val_g:  # e.g. one image per identity and camera: nothing left for a val gallery
-            log(f"validation: the {recipe.val_ids} held-out ids leave no gallery image; "
-                "no validation (the last checkpoint is tested)")
-            train_recs, val_q, val_g = carve_validation(dataset.train, recipe.val_ids, seed=recipe.seed)[0], [], []
+        check_validation_split(recipe, val_q, val_g)
     else:
         train_recs, val_q, val_g = list(dataset.train), [], []
     num_classes = len({r.pid for r in train_recs})

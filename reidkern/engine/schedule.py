@@ -9,7 +9,8 @@ Warm-up is ``LinearLR`` from ``warmup_factor · lr`` to ``lr`` (Luo et al., "Bag
 """
 from __future__ import annotations
 
-from typing import List
+import warnings
+from typing import Dict, List
 
 import torch
 from torch.optim import lr_scheduler
@@ -49,8 +50,39 @@ def to_steps(epoch: float, recipe_epochs: int, total_steps: int) -> int:
     return int(round(epoch / max(recipe_epochs, 1) * total_steps))
 
 
+def _vanished_settings(recipe, total_steps: int, warm: int) -> List[str]:
+    """Why a warm-up or milestone of ``recipe`` has no effect once stretched to ``total_steps``
+    (a short run: ``--steps N``); one message per setting, naming the field and the value."""
+    run = f"of the recipe's {recipe.epochs} epochs"
+    out = []
+    if recipe.warmup_epochs > 0 and warm == 0:
+        out.append(f"warmup_epochs: {recipe.warmup_epochs} {run} rounds to 0 of this run's {total_steps} "
+                   f"steps: no warm-up, the run starts at the full lr")
+    if recipe.scheduler.lower() != "step":
+        return out
+    at: Dict[int, List] = {}
+    for m in recipe.milestones:
+        at.setdefault(to_steps(m, recipe.epochs, total_steps), []).append(m)
+    lost = f"the lr is never multiplied by gamma={recipe.gamma} there"
+    for step, ms in sorted(at.items()):
+        name = f"milestones: {ms[0]} {run} maps to step {step}"
+        if step >= total_steps:
+            out.append(f"{name}, but this run's last step is {total_steps - 1}, so {lost}")
+        elif step <= warm:
+            where = f"within this run's {warm}-step warm-up" if warm else "of this run"
+            out.append(f"{name} {where}, where the step schedule drops it, so {lost}")
+        elif len(ms) > 1:
+            out.append(f"milestones: {ms} {run} all map to step {step} of this run's {total_steps} steps: the lr "
+                       f"is multiplied by gamma={recipe.gamma} once there, not {len(ms)} times")
+    return out
+
+
 def build_scheduler(recipe, optimizer: torch.optim.Optimizer, total_steps: int):
     """Per-iteration warm-up + step/cosine schedule over ``total_steps`` (see module doc).
+
+    Warns (UserWarning naming the field and the value) when stretching to ``total_steps`` makes a
+    setting vanish: a warm-up that rounds to 0 steps; a milestone at or after the last step, at
+    step 0 or within the warm-up (dropped), or sharing its step with another (one decay, not two).
 
     Raises:
         ValueError: ``total_steps`` < 1, unknown ``recipe.scheduler``, or a warm-up factor
@@ -63,6 +95,8 @@ def build_scheduler(recipe, optimizer: torch.optim.Optimizer, total_steps: int):
     warm = min(to_steps(recipe.warmup_epochs, recipe.epochs, total_steps), total_steps - 1)
     rest = total_steps - warm
     kind = recipe.scheduler.lower()
+    for message in _vanished_settings(recipe, total_steps, warm):
+        warnings.warn(message, stacklevel=2)
     if kind == "step":
         ms: List[int] = sorted({to_steps(m, recipe.epochs, total_steps) - warm for m in recipe.milestones})
         main = lr_scheduler.MultiStepLR(optimizer, [m for m in ms if m > 0] or [total_steps + 1],
