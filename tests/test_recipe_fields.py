@@ -436,6 +436,11 @@ def test_schedule_settings_that_vanish_in_a_short_run_are_warned():
     assert _scheduler_warnings(get_recipe("osnet"), 3) == [
         "warmup_epochs: 0.2 of the recipe's 4 epochs rounds to 0 of this run's 3 steps: no warm-up, the run "
         "starts at the full lr"]
+    # a warm-up as long as the run is cut to leave the schedule one step
+    assert _scheduler_warnings(get_recipe("osnet", warmup_epochs=4), 10) == [
+        "warmup_epochs: 4 of the recipe's 4 epochs is longer than this run's 10 steps: the warm-up is cut to 9 "
+        "steps and the schedule after it has 1 step"]
+    assert _scheduler_warnings(get_recipe("osnet", warmup_epochs=3.6), 10) == []  # 9 steps: fits
 
 
 def _records(cams_of_pid):

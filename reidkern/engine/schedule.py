@@ -58,6 +58,9 @@ def _vanished_settings(recipe, total_steps: int, warm: int) -> List[str]:
     if recipe.warmup_epochs > 0 and warm == 0:
         out.append(f"warmup_epochs: {recipe.warmup_epochs} {run} rounds to 0 of this run's {total_steps} "
                    f"steps: no warm-up, the run starts at the full lr")
+    elif to_steps(recipe.warmup_epochs, recipe.epochs, total_steps) > warm:
+        out.append(f"warmup_epochs: {recipe.warmup_epochs} {run} is longer than this run's {total_steps} steps: "
+                   f"the warm-up is cut to {warm} steps and the schedule after it has 1 step")
     if recipe.scheduler.lower() != "step":
         return out
     at: Dict[int, List] = {}
@@ -81,7 +84,7 @@ def build_scheduler(recipe, optimizer: torch.optim.Optimizer, total_steps: int):
     """Per-iteration warm-up + step/cosine schedule over ``total_steps`` (see module doc).
 
     Warns (UserWarning naming the field and the value) when stretching to ``total_steps`` makes a
-    setting vanish: a warm-up that rounds to 0 steps; a milestone at or after the last step, at
+    setting vanish: a warm-up that rounds to 0 steps or is cut to fit the run; a milestone at or after the last step, at
     step 0 or within the warm-up (dropped), or sharing its step with another (one decay, not two).
 
     Raises:
