@@ -58,13 +58,18 @@ def _rss_bytes() -> int:
 
 
 def peak_memory(fn, device="cpu"):
-    """Runs ``fn()`` once; returns ``(result, peak_bytes)``.
+    """Runs ``fn()`` (once on CUDA, twice on the CPU); returns ``(result, peak_bytes)``.
 
     CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at the start (exact for torch
-    allocations). CPU: growth of the process's resident set size over its value at the start,
-    sampled every millisecond by a thread, with glibc's mmap threshold at 64 KiB during the call so
-    large buffers are mapped and unmapped as they live and die (:class:`_MeasurableMalloc`) (captures torch and NumPy allocations;
-    spikes under 1 ms and small allocations can be missed, so it is a lower bound).
+    allocations). CPU: the larger of two lower bounds of the peak above the start:
+    - the growth of the process's resident set size, sampled every millisecond by a thread, with
+      glibc's mmap threshold at 64 KiB during the call so large buffers are mapped and unmapped as
+      they live and die (:class:`_MeasurableMalloc`). It sees torch and NumPy allocations, but
+      misses spikes under 1 ms and allocations served from pages an earlier call left resident
+      (after a large run, e.g. a model's training step, a head's temporaries can read ~0);
+    - the peak of the bytes live in torch's CPU allocator during a second call, from the
+      allocation and free events of ``torch.profiler`` (``profile_memory=True``): exact for torch
+      tensors, blind to NumPy (:func:`torch_cpu_peak`).
     """
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -74,7 +79,30 @@ def peak_memory(fn, device="cpu"):
         torch.cuda.synchronize()
         return out, torch.cuda.max_memory_allocated() - base
     with _MeasurableMalloc():
-        return _cpu_peak(fn)
+        out, rss = _cpu_peak(fn)
+    return out, max(rss, torch_cpu_peak(fn)[1])
+
+
+def torch_cpu_peak(fn):
+    """Runs ``fn()`` under ``torch.profiler`` with memory profiling; returns ``(result,
+    peak_bytes)``: the largest sum of the CPU allocations torch made (less those it freed) at any
+    moment of the call. 0 where the profiler gives no memory events (a torch without kineto)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError:
+        return out, 0
+    cpu = torch.autograd.DeviceType.CPU
+    deltas = sorted((e.start_ns(), e.nbytes()) for e in events
+                    if e.name() == "[memory]" and e.device_type() == cpu)
+    live = peak = 0
+    for _, nbytes in deltas:
+        live += nbytes
+        peak = max(peak, live)
+    return out, peak
 
 
 def storage_ids(*tensors):
@@ -183,9 +211,10 @@ def device_and_backend(provider):
 def record(benchmark, op, provider, size, fn, device="cpu", **extra):
     """Benchmarks ``fn`` and stores op/provider/size/peak memory in ``benchmark.extra_info``.
 
-    Peak memory comes from one separate call (see :func:`peak_memory`), so it is not perturbed by
-    the timing loop; torch.compile providers are called once before it, so that compilation is in
-    neither the memory nor the timing. A call that took over :data:`SLOW_CALL_S` there is timed
+    Peak memory comes from separate calls (see :func:`peak_memory`), so it is not perturbed by
+    the timing loop, after one warm-up call (torch.compile providers: two), so that compilation
+    and first-call costs are in neither the memory nor the timing. A warm-up call that took over
+    :data:`SLOW_CALL_S` is timed
     over one round without pytest-benchmark's calibration call (which would be one more full call
     and change nothing: such a call is far above the timer's resolution). Returns the result of
     the timed calls.
@@ -193,8 +222,9 @@ def record(benchmark, op, provider, size, fn, device="cpu", **extra):
     if "compile" in provider:
         fn()
     start = time.perf_counter()
-    _, peak = peak_memory(fn, device)
+    fn()  # also warms up the provider before the memory calls
     seconds = time.perf_counter() - start
+    _, peak = peak_memory(fn, device)
     benchmark.extra_info.update(op=op, provider=provider, size=size, device=str(device),
                                 peak_bytes=int(peak), smoke=SMOKE, **extra)
     benchmark.group = f"{op} {size}"

@@ -2,8 +2,8 @@
 
 For each op and size, every provider's median time is shown with its speed-up over the eager
 baseline of the same run (the provider named "eager", else the first whose name starts with
-"eager") and its peak memory (benchmarks/_common.py: CUDA allocator peak, or sampled RSS growth on
-CPU).
+"eager") and its peak memory (benchmarks/_common.py: CUDA allocator peak; on CPU the larger of the sampled RSS growth and
+torch's CPU allocator peak).
 
 Usage: python benchmarks/report.py RESULT.json [...] [--out DIR]  → DIR/report.md, DIR/speedup.png
 """
