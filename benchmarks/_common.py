@@ -211,10 +211,10 @@ def device_and_backend(provider):
 def record(benchmark, op, provider, size, fn, device="cpu", **extra):
     """Benchmarks ``fn`` and stores op/provider/size/peak memory in ``benchmark.extra_info``.
 
-    Peak memory comes from separate calls (see :func:`peak_memory`), so it is not perturbed by
-    the timing loop, after one warm-up call (torch.compile providers: two), so that compilation
-    and first-call costs are in neither the memory nor the timing. A warm-up call that took over
-    :data:`SLOW_CALL_S` is timed
+    One warm-up call (torch.compile providers: two) comes first, so that compilation and
+    first-call costs are in neither the timing nor the memory; peak memory comes from separate
+    calls after the timing (see :func:`peak_memory`), so the two do not perturb each other. A
+    warm-up call that took over :data:`SLOW_CALL_S` is timed
     over one round without pytest-benchmark's calibration call (which would be one more full call
     and change nothing: such a call is far above the timer's resolution). Returns the result of
     the timed calls.
@@ -222,15 +222,17 @@ def record(benchmark, op, provider, size, fn, device="cpu", **extra):
     if "compile" in provider:
         fn()
     start = time.perf_counter()
-    fn()  # also warms up the provider before the memory calls
+    fn()
     seconds = time.perf_counter() - start
+    benchmark.group = f"{op} {size}"
+    if seconds > SLOW_CALL_S:
+        out = benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
+    else:
+        out = benchmark(fn)
     _, peak = peak_memory(fn, device)
     benchmark.extra_info.update(op=op, provider=provider, size=size, device=str(device),
                                 peak_bytes=int(peak), smoke=SMOKE, **extra)
-    benchmark.group = f"{op} {size}"
-    if seconds > SLOW_CALL_S:
-        return benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
-    return benchmark(fn)
+    return out
 
 
 def reid_features(num_q, num_g, dim, device, seed=0):
