@@ -25,7 +25,7 @@ from torch import nn
 
 from reidkern.ops._validate import check_label_smoothing
 
-from .schedule import OPTIMIZERS, SCHEDULERS
+from .schedule import OPTIMIZERS, SCHEDULERS, check_choice
 
 __all__ = ["Recipe", "register_recipe", "get_recipe", "recipe_names", "fixed_fields"]
 
@@ -233,10 +233,8 @@ class Recipe:
                 if value != accepted:
                     raise ValueError(f"{name}: the {self.name!r} recipe does not read it ({part}: {why}); "
                                      f"expected {accepted!r}, got {value!r}")
-        if str(self.optimizer).lower() not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected 'adam', 'adamw' or 'sgd', got {self.optimizer!r}")
-        if str(self.scheduler).lower() not in SCHEDULERS:
-            raise ValueError(f"scheduler: expected 'step' or 'cosine', got {self.scheduler!r}")
+        check_choice(self.optimizer, OPTIMIZERS, "optimizer")
+        check_choice(self.scheduler, SCHEDULERS, "scheduler")
         # Settings read only under another setting (momentum with SGD, milestones/gamma with the
         # step schedule, warmup_factor with a warm-up, rerank_grid with re-ranking on a validation
         # split): a value other than the recipe's own under a setting that ignores it is refused.

@@ -21,6 +21,15 @@ OPTIMIZERS = ("adam", "adamw", "sgd")  # recipe.optimizer (any case)
 SCHEDULERS = ("step", "cosine")  # recipe.scheduler (any case)
 
 
+def check_choice(value, choices, name: str) -> str:
+    """``value`` lower-cased when it is one of ``choices`` (e.g. :data:`OPTIMIZERS`), else a
+    ValueError naming ``name`` and the choices."""
+    if str(value).lower() not in choices:
+        listed = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+        raise ValueError(f"{name}: expected {listed}, got {value!r}")
+    return str(value).lower()
+
+
 def build_optimizer(recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     """``recipe.optimizer`` over ``recipe.param_groups(model, recipe.lr)``.
 
@@ -34,15 +43,13 @@ def build_optimizer(recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     groups = recipe.param_groups(model, recipe.lr)
     if not groups or not any(len(list(g["params"])) for g in groups):
         raise ValueError(f"param_groups: recipe {recipe.name!r} gave no parameter to optimise")
-    name = recipe.optimizer.lower()
+    name = check_choice(recipe.optimizer, OPTIMIZERS, "optimizer")
     if name == "adam":
         return torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, weight_decay=recipe.weight_decay,
-                               momentum=recipe.momentum, nesterov=recipe.momentum > 0)
-    raise ValueError(f"optimizer: expected 'adam', 'adamw' or 'sgd', got {recipe.optimizer!r}")
+    return torch.optim.SGD(groups, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                           momentum=recipe.momentum, nesterov=recipe.momentum > 0)
 
 
 def to_steps(epoch: float, recipe_epochs: int, total_steps: int) -> int:
@@ -50,15 +57,17 @@ def to_steps(epoch: float, recipe_epochs: int, total_steps: int) -> int:
     return int(round(epoch / max(recipe_epochs, 1) * total_steps))
 
 
-def _vanished_settings(recipe, total_steps: int, warm: int) -> List[str]:
+def _vanished_settings(recipe, total_steps: int, wanted_warm: int, warm: int) -> List[str]:
     """Why a warm-up or milestone of ``recipe`` has no effect once stretched to ``total_steps``
-    (a short run: ``--steps N``); one message per setting, naming the field and the value."""
+    (a short run: ``--steps N``); one message per setting, naming the field and the value.
+    ``wanted_warm``: the warm-up's steps at that stretch; ``warm``: the steps it gets (the run
+    keeps at least one step after it)."""
     run = f"of the recipe's {recipe.epochs} epochs"
     out = []
     if recipe.warmup_epochs > 0 and warm == 0:
         out.append(f"warmup_epochs: {recipe.warmup_epochs} {run} rounds to 0 of this run's {total_steps} "
                    f"steps: no warm-up, the run starts at the full lr")
-    elif to_steps(recipe.warmup_epochs, recipe.epochs, total_steps) > warm:
+    elif wanted_warm > warm:
         out.append(f"warmup_epochs: {recipe.warmup_epochs} {run} is longer than this run's {total_steps} steps: "
                    f"the warm-up is cut to {warm} steps and the schedule after it has 1 step")
     if recipe.scheduler.lower() != "step":
@@ -95,19 +104,18 @@ def build_scheduler(recipe, optimizer: torch.optim.Optimizer, total_steps: int):
         raise ValueError(f"total_steps: expected >= 1, got {total_steps}")
     if not 0 < recipe.warmup_factor <= 1:
         raise ValueError(f"warmup_factor: expected in (0, 1], got {recipe.warmup_factor}")
-    warm = min(to_steps(recipe.warmup_epochs, recipe.epochs, total_steps), total_steps - 1)
+    wanted_warm = to_steps(recipe.warmup_epochs, recipe.epochs, total_steps)
+    warm = min(wanted_warm, total_steps - 1)
     rest = total_steps - warm
-    kind = recipe.scheduler.lower()
-    for message in _vanished_settings(recipe, total_steps, warm):
+    kind = check_choice(recipe.scheduler, SCHEDULERS, "scheduler")
+    for message in _vanished_settings(recipe, total_steps, wanted_warm, warm):
         warnings.warn(message, stacklevel=2)
     if kind == "step":
         ms: List[int] = sorted({to_steps(m, recipe.epochs, total_steps) - warm for m in recipe.milestones})
         main = lr_scheduler.MultiStepLR(optimizer, [m for m in ms if m > 0] or [total_steps + 1],
                                         gamma=recipe.gamma)
-    elif kind == "cosine":
+    else:  # cosine
         main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(rest, 1), eta_min=0.0)
-    else:
-        raise ValueError(f"scheduler: expected 'step' or 'cosine', got {recipe.scheduler!r}")
     if warm <= 0:
         return main
     warmup = lr_scheduler.LinearLR(optimizer, start_factor=recipe.warmup_factor, end_factor=1.0,

@@ -39,8 +39,7 @@ class _Conv1x1Tokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         out = torch.bmm(x.transpose(1, 2), weight.t().expand(x.shape[0], -1, -1))
         return out.add_(bias) if bias is not None else out
 
@@ -60,7 +59,7 @@ class _Conv1x1Tokens(torch.autograd.Function):
             for b in range(x.shape[0]):  # Σ_b grad_out[b]ᵀ x[b]ᵀ, each sample's map in place
                 grad_w.addmm_(grad_out[b].t(), x[b].t())
             grad_w = grad_w.to(w_in.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 1)).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b
 

@@ -141,8 +141,8 @@ class LATransformer(nn.Module):
         enhanced local tokens ``(cls + λ·p_i) / (1 + λ)``.
 
         One pass over the tokens, and one writing their gradient (reidkern.nn.part_ops)."""
-        w = self.lmbd / (1.0 + self.lmbd) if gelt else 1.0
-        return grid_part_pool(tokens, self.grid, self.y_pooling, 1.0 / (1.0 + self.lmbd) if gelt else 0.0, w)
+        cls_weight, part_weight = (1.0 / (1.0 + self.lmbd), self.lmbd / (1.0 + self.lmbd)) if gelt else (0.0, 1.0)
+        return grid_part_pool(tokens, self.grid, self.y_pooling, cls_weight, part_weight)
 
     def test_features(self, parts: torch.Tensor) -> torch.Tensor:
         """Each part L2-normalised and scaled by 1/√P, concatenated: [B, P·D] (unit norm overall)."""
