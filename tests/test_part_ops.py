@@ -77,3 +77,13 @@ def test_bad_shapes():
         grid_part_pool(torch.randn(2, 7, 4), (3, 2), y_pooling=True)
     with pytest.raises(ValueError, match="weight"):
         cosine_part_logits(torch.randn(2, 3, 4), torch.randn(3, 5, 6))
+
+
+def test_cosine_part_logits_dtypes():
+    f, w = torch.randn(2, 3, 4), torch.randn(3, 5, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="features and weight: expected one dtype"):
+        cosine_part_logits(f, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts both for the GEMM
+        out = cosine_part_logits(f.bfloat16(), w.float())
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 5)
+    torch.testing.assert_close(out, cosine_part_logits(f, w.float()), rtol=0.05, atol=0.05)

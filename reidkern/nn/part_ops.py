@@ -74,6 +74,9 @@ def grid_part_pool(tokens, grid, y_pooling=False, cls_weight=0.0, part_weight=1.
 
     Returns: [B, gh, D], tokens' dtype. Raises ValueError for tokens that are not
     [B, 1 + gh·gw, D] or y-pooling on a non-square grid.
+
+    Source: LA-Transformer (Sharma et al. 2021), the official code's row-average parts and GELTs;
+    y-pooling from the note on it (../shared/papers/003_*.txt).
     """
     gh, gw = grid
     if tokens.dim() != 3 or tokens.shape[1] != 1 + gh * gw:
@@ -121,10 +124,18 @@ def cosine_part_logits(features, weight, scale=1.0, eps=1e-12):
         features: [B, P, K] float (normalise them first for cosines). weight: [P, C, K] float.
         scale: s (Python number). eps: the norm's floor (F.normalize's).
 
-    Returns: [B, P, C]. Raises ValueError for mismatched shapes.
+    Returns: [B, P, C] of weight's dtype (under autocast the GEMM runs in the autocast dtype,
+    and the division by the weight norms brings the logits back to weight's dtype). Raises
+    ValueError for mismatched shapes, TypeError for features and weight of different dtypes
+    outside autocast.
+
+    Source: the cosine logits of AM-Softmax (Wang et al., "Additive Margin Softmax", 2018), one
+    classifier per part as in LA-Transformer's improved head (the margin is the loss's).
     """
     if features.dim() != 3 or weight.dim() != 3 or features.shape[1] != weight.shape[0] \
             or features.shape[2] != weight.shape[2]:
         raise ValueError(f"features [B, P, K] and weight [P, C, K] expected, got {tuple(features.shape)} "
                          f"and {tuple(weight.shape)}")
+    if features.dtype != weight.dtype and not torch.is_autocast_enabled(features.device.type):
+        raise TypeError(f"features and weight: expected one dtype, got {features.dtype} and {weight.dtype}")
     return _CosinePartLogits.apply(features, weight, float(scale), float(eps))
