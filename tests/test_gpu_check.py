@@ -14,17 +14,18 @@ SCRIPT = ROOT / "tools" / "gpu_check.sh"
 pytestmark = pytest.mark.skipif(not SCRIPT.exists(), reason="needs a source checkout (tools/gpu_check.sh)")
 
 
-def _dry_run(**env):
+def _dry_run(tmp_path, **env):
+    # TMPDIR: the dry run writes its logs under mktemp -d, here the test's own folder
     return subprocess.run(["bash", str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHON=sys.executable, **env))
+                          env=dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path), **env))
 
 
 def _files_with(folder, pattern, marker):
     return {p.name for p in (ROOT / folder).glob(pattern) if marker in p.read_text()}
 
 
-def test_dry_run_names_every_cuda_test_and_gpu_benchmark():
-    run = _dry_run()
+def test_dry_run_names_every_cuda_test_and_gpu_benchmark(tmp_path):
+    run = _dry_run(tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     tests_line = next(line for line in run.stdout.splitlines() if "would run (tests" in line)
     named = set(re.findall(r"tests/(test_\w+\.py)", tests_line))
@@ -35,8 +36,8 @@ def test_dry_run_names_every_cuda_test_and_gpu_benchmark():
     assert {f"{b}.py" for b in benches} == _files_with("benchmarks", "bench_*.py", "reidkern_providers")
 
 
-def test_dry_run_reports_a_missing_compiler_first():
-    run = _dry_run(NVCC="/nonexistent/nvcc")
+def test_dry_run_reports_a_missing_compiler_first(tmp_path):
+    run = _dry_run(tmp_path, NVCC="/nonexistent/nvcc")
     lines = run.stdout.splitlines()
     assert any("FAILED: missing on this machine: nvcc" in line for line in lines), run.stdout
     first_step = next(i for i, line in enumerate(lines) if "would run (build" in line)
